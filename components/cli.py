@@ -1,0 +1,136 @@
+"""``faces``: one command, one sub-command per step and per benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up chatter drowns the output users care about.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cmd_setup_model(args, settings) -> int:
+    from components.embed import convert
+
+    path = convert(settings.base.models_dir / "cache", settings.model_path)
+    print(f"embedder ready: {path}")
+    return 0
+
+
+def cmd_run(args, settings) -> int:
+    from components.datasets.lfw import demo_subset
+    from components.pipeline.run import Photo, folder_photos, run
+
+    out_dir = Path(args.out) if args.out else settings.run.out_dir
+    if args.input:
+        root = Path(args.input)
+        if not root.is_dir():
+            print(f"error: --input {root} is not a folder", file=sys.stderr)
+            return 2
+        photos, unreadable = folder_photos(root, folder_labels=args.folder_labels)
+        name = str(root)
+    else:
+        subset = demo_subset(
+            n_people=settings.run.demo_people,
+            min_images=settings.run.demo_min_images,
+            max_images_per_person=settings.run.demo_max_images,
+        )
+        photos = [Photo(path, person) for person, paths in subset.items() for path in paths]
+        unreadable, name = [], f"LFW demo subset ({len(subset)} people, {len(photos)} photos)"
+    summary = run(photos, out_dir, settings, store_url=args.db, input_name=name, unreadable=unreadable,
+                  progress=not args.no_progress)
+    print(json.dumps(_headline(summary), indent=2))
+    print(f"report: {out_dir / 'report.html'}  (summary: {out_dir / 'report.json'})")
+    return 0
+
+
+def _headline(summary: dict) -> dict:
+    clustering = summary.get("clustering") or {}
+    scored = clustering.get("against_folder_labels") or {}
+    return {
+        "photos_new": summary["this_run"]["photos_new"],
+        "photos_already_stored": summary["this_run"]["photos_already_stored"],
+        "rejected_files": summary["this_run"]["n_rejected_files"],
+        "faces": summary["store"]["faces"],
+        "usable_faces": summary["store"]["usable_faces"],
+        "identities": summary["identities"]["count"],
+        "silhouette": clustering.get("silhouette"),
+        "pairwise_f1": scored.get("pairwise_f1"),
+        "bcubed_f1": scored.get("bcubed_f1"),
+        "seconds": summary["seconds"],
+    }
+
+
+def cmd_verify(args, settings) -> int:
+    from components.api import verify
+    from components.images import BadImageError
+
+    try:
+        result = verify(args.photo_a, args.photo_b, threshold=args.threshold)
+    except BadImageError as error:
+        print(json.dumps({"error": error.reason, "code": error.code, "path": str(error.path)}))
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0 if result.get("same") is not None else 1
+
+
+def cmd_bench_lfw_verify(args, settings) -> int:
+    from components.bench.lfw_verify import run_benchmark
+
+    result = run_benchmark(settings, out=Path(args.out), with_dlib=not args.no_dlib, limit_pairs=args.limit_pairs,
+                           detect_speed_photos=args.detect_speed_photos)
+    print(json.dumps(result["table"], indent=2))
+    print(f"written: {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faces", description="Self-hosted, unsupervised face recognition.")
+    parser.add_argument("--params", help="params.yaml to use (default: $FACES_PARAMS or the project's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup-model", help="download the pretrained embedder weights (checksummed) and convert them to Keras")
+    p.set_defaults(func=cmd_setup_model)
+
+    p = sub.add_parser("run", help="photos in, identities out: detect, embed, cluster, store, report")
+    p.add_argument("--input", help="folder of photos (default: the LFW demo subset)")
+    p.add_argument("--out", help="output folder (default: run.out_dir in params.yaml)")
+    p.add_argument("--db", help="SQLAlchemy URL of the identity store (default: sqlite in the output folder)")
+    p.add_argument("--folder-labels", action=argparse.BooleanOptionalAction, default=False,
+                   help="treat each photo's folder name as the true identity (to score clustering)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="are the main faces of two photos the same person? (JSON)")
+    p.add_argument("photo_a")
+    p.add_argument("photo_b")
+    p.add_argument("--threshold", type=float, help="cosine similarity threshold (default: verify.threshold)")
+    p.set_defaults(func=cmd_verify)
+
+    bench = sub.add_parser("bench", help="benchmarks; each writes JSON under bench/results/")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    p = bench_sub.add_parser("lfw-verify", help="LFW View 2 10-fold verification, beside the dlib reference pipeline")
+    p.add_argument("--out", default="bench/results/lfw_verify.json")
+    p.add_argument("--no-dlib", action="store_true", help="skip the dlib reference pipeline")
+    p.add_argument("--limit-pairs", type=int, help="use only the first N pairs of each fold (quick check)")
+    p.add_argument("--detect-speed-photos", type=int, default=256, help="photos for the batched-vs-single detector timing")
+    p.set_defaults(func=cmd_bench_lfw_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    from components.settings import load_settings
+
+    args = build_parser().parse_args(argv)
+    settings = load_settings(args.params)
+    return args.func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

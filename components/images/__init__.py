@@ -1,0 +1,22 @@
+"""Safe loading of user photos: RGB arrays, or a clear reason why not."""
+
+from components.images.load import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    file_sha256,
+    iter_image_files,
+    load_image,
+    load_image_bytes,
+)
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "BadImageError",
+    "__version__",
+    "file_sha256",
+    "iter_image_files",
+    "load_image",
+    "load_image_bytes",
+]

@@ -1,0 +1,282 @@
+"""The main job: photos in, identities out.
+
+``run`` walks a folder (or the LFW demo subset), and for every photo not seen before:
+load it safely, detect and align faces, embed the usable ones, store everything in
+one transaction per photo. Then, if anything new arrived, it clusters all usable
+faces with Chinese Whispers, reconciles the clusters with the identities that
+already exist, and writes a JSON summary and an HTML gallery.
+
+Every step is keyed by content (sha256 of the photo), so a second run over the
+same folder changes nothing, and a run killed midway resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from components import cluster as cluster_step
+from components import detect as detect_step
+from components import embed as embed_step
+from components import identities as identities_step
+from components import images as images_step
+from components import report as report_step
+from components.cluster import ChineseWhispers, medoids
+from components.detect import Face, FaceDetector
+from components.embed import Embedder
+from components.identities import IdentityStore, NewFace
+from components.images import BadImageError, file_sha256, iter_image_files, load_image
+from components.report.metrics import clustering_summary
+from components.settings import Settings
+
+__version__ = "1.0.0"
+
+PHOTOS_PER_CHUNK = 64  # photos decoded, detected and embedded together
+
+
+@dataclass
+class Photo:
+    """A file to ingest, with the ground-truth name when its folder gives one."""
+
+    path: Path
+    label: str | None = None
+
+
+@dataclass
+class IngestLog:
+    """What one run did, photo by photo (for the report)."""
+
+    seen: int = 0
+    new: int = 0
+    already_stored: int = 0
+    duplicates: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    without_faces: list[str] = field(default_factory=list)
+    faces: int = 0
+    usable_faces: int = 0
+    face_failures: Counter = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=lambda: Counter())
+
+
+def component_versions() -> dict[str, str]:
+    """Version of every step, recorded in each run."""
+    modules = (images_step, detect_step, embed_step, cluster_step, identities_step, report_step)
+    versions = {module.__name__.rsplit(".", 1)[-1]: module.__version__ for module in modules}
+    versions["pipeline"] = __version__
+    return versions
+
+
+def folder_photos(root: Path, folder_labels: bool) -> tuple[list[Photo], list[BadImageError]]:
+    """Photos under a folder, in sorted order, plus folders that could not be read.
+
+    Args:
+        root: the folder to walk (recursively).
+        folder_labels: take each photo's parent folder name as the true identity of
+            its main face (true for LFW-style folders; used only to score clustering).
+    """
+    photos, unreadable = [], []
+    for path, error in iter_image_files(root):
+        if error is not None:
+            unreadable.append(error)
+        else:
+            photos.append(Photo(path, path.parent.name if folder_labels else None))
+    return photos, unreadable
+
+
+def main_face_index(faces: list[Face], image_shape: tuple[int, ...]) -> int | None:
+    """The face nearest the photo's centre: the one a folder label refers to.
+
+    LFW photos are centred on the named person; other faces are bystanders.
+    """
+    if not faces:
+        return None
+    centre = np.array([image_shape[1] / 2, image_shape[0] / 2])
+    distances = [np.linalg.norm(np.array([f.box[0] + f.box[2] / 2, f.box[1] + f.box[3] / 2]) - centre) for f in faces]
+    return int(np.argmin(distances))
+
+
+def save_crop(crop: np.ndarray, path: Path) -> None:
+    """Write a JPEG atomically (temp name, then rename), so no half-written crop is seen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(crop).save(tmp, format="JPEG", quality=92)
+    os.replace(tmp, path)
+
+
+class Ingestor:
+    """Loads, detects, embeds and stores photos; skips what the store already has."""
+
+    def __init__(self, settings: Settings, store: IdentityStore, out_dir: Path, detector: FaceDetector, embedder: Embedder):
+        self.settings = settings
+        self.store = store
+        self.out_dir = out_dir
+        self.detector = detector
+        self.embedder = embedder
+
+    def ingest(self, photos: Iterable[Photo], log: IngestLog, progress: bool = True) -> None:
+        photos = list(photos)
+        rejected_before = self.store.rejected_paths()
+        seen_in_run: dict[str, str] = {}
+        pending: list[tuple[Photo, str]] = []
+        bar = tqdm(total=len(photos), desc="photos", unit="photo", disable=None if progress else True)
+        for photo in photos:
+            log.seen += 1
+            try:
+                sha = file_sha256(photo.path)
+            except BadImageError as error:
+                self._reject(log, photo.path, error, None)
+                bar.update()
+                continue
+            if sha in seen_in_run:
+                log.duplicates.append({"path": str(photo.path), "same_as": seen_in_run[sha]})
+                bar.update()
+                continue
+            seen_in_run[sha] = str(photo.path)
+            if rejected_before.get(str(photo.path)) == sha or self.store.find_image(sha) is not None:
+                log.already_stored += 1
+                bar.update()
+                continue
+            pending.append((photo, sha))
+            if len(pending) == PHOTOS_PER_CHUNK:
+                self._process(pending, log, bar)
+                pending = []
+        if pending:
+            self._process(pending, log, bar)
+        bar.close()
+
+    def _reject(self, log: IngestLog, path: Path, error: BadImageError, sha: str | None) -> None:
+        log.rejected.append({"path": str(path), "code": error.code, "reason": error.reason})
+        self.store.add_rejected(str(path), error.code, error.reason, sha)
+
+    def _process(self, chunk: list[tuple[Photo, str]], log: IngestLog, bar: tqdm) -> None:
+        params = self.settings.detect
+        loaded = []
+        started = time.perf_counter()
+        for photo, sha in chunk:
+            try:
+                loaded.append((photo, sha, load_image(photo.path, max_pixels=params.max_pixels)))
+            except BadImageError as error:
+                self._reject(log, photo.path, error, sha)
+                bar.update()
+        log.seconds["load"] += time.perf_counter() - started
+        if not loaded:
+            return
+
+        started = time.perf_counter()
+        detections = self.detector.detect([image for _, _, image in loaded])
+        log.seconds["detect"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        usable = [face for faces in detections for face in faces if face.passed]
+        vectors = self.embedder.embed(np.stack([f.crop for f in usable])) if usable else np.empty((0, 128), np.float32)
+        embedding_of = {id(face): vector for face, vector in zip(usable, vectors)}
+        log.seconds["embed"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        for (photo, sha, image), faces in zip(loaded, detections):
+            main = main_face_index(faces, image.shape)
+            records = []
+            for index, face in enumerate(faces):
+                crop_path = self.out_dir / "crops" / sha[:2] / f"{sha}_{index}.jpg"
+                save_crop(face.crop, crop_path)
+                records.append(
+                    NewFace(
+                        face_index=index,
+                        box=face.box,
+                        landmarks=face.landmarks,
+                        confidence=face.confidence,
+                        blur=face.blur,
+                        failures=face.failures,
+                        embedding=embedding_of.get(id(face)),
+                        model_version=self.embedder.version if face.passed else None,
+                        crop_path=str(crop_path.relative_to(self.out_dir)),
+                        label=photo.label if index == main else None,
+                    )
+                )
+                log.face_failures.update(face.failures)
+            self.store.add_image(sha, str(photo.path), (image.shape[1], image.shape[0]), records, detect_step.__version__, photo.label)
+            log.new += 1
+            log.faces += len(faces)
+            log.usable_faces += sum(face.passed for face in faces)
+            if not faces:
+                log.without_faces.append(str(photo.path))
+            bar.update()
+        log.seconds["store"] += time.perf_counter() - started
+
+
+def cluster_store(store: IdentityStore, settings: Settings) -> dict:
+    """Cluster every usable face, reconcile with existing identities, return metrics."""
+    faces = store.usable_faces()
+    params = settings.cluster
+    started = time.perf_counter()
+    estimator = ChineseWhispers(
+        threshold=params.threshold, knn=params.knn, knn_above=params.knn_above, iterations=params.iterations, seed=settings.base.seed
+    )
+    labels = estimator.fit_predict(faces.embeddings) if len(faces.face_ids) else np.empty(0, np.int64)
+    seconds = time.perf_counter() - started
+    if len(labels) == 0:
+        return {"faces": 0, "seconds": round(seconds, 3)}
+    store.replace_clustering(faces.face_ids, labels, faces.embeddings, medoids(faces.embeddings, labels), params.min_identity_size)
+    summary = clustering_summary(labels, embeddings=faces.embeddings)
+    labelled = np.array([label is not None for label in faces.labels])
+    if labelled.sum() >= 2:
+        truth = np.array([label for label in faces.labels if label is not None])
+        scored = clustering_summary(labels[labelled], true=truth)
+        summary["against_folder_labels"] = {"faces": int(labelled.sum()), "identities": len(set(truth)), **scored}
+    summary.update(
+        {"threshold": params.threshold, "graph": "knn" if len(labels) > params.knn_above else "all_pairs", "passes": estimator.n_iter_,
+         "edges": estimator.n_edges_, "seconds": round(seconds, 3)}
+    )
+    return summary
+
+
+def run(photos: list[Photo], out_dir: Path, settings: Settings, *, store_url: str | None = None, input_name: str = "",
+        unreadable: Iterable[BadImageError] = (), progress: bool = True) -> dict:
+    """Ingest photos, cluster, and write ``report.json`` and ``report.html`` under out_dir.
+
+    Args:
+        photos: what to ingest, in order.
+        out_dir: where the store (by default), crops and report go.
+        settings: all parameters.
+        store_url: SQLAlchemy URL of the identity store; default ``sqlite:///<out_dir>/faces.db``.
+        input_name: shown in the report.
+        unreadable: folders that could not be listed, reported as rejected.
+        progress: show progress bars.
+
+    Returns:
+        The summary written to ``report.json``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    store = IdentityStore(store_url or f"sqlite:///{out_dir / 'faces.db'}")
+    embedder = Embedder(settings.model_path, batch_size=settings.embed.batch_size)
+    ingestor = Ingestor(settings, store, out_dir, FaceDetector(settings.detect), embedder)
+    log = IngestLog()
+    for error in unreadable:
+        ingestor._reject(log, error.path, error, None)
+    ingestor.ingest(photos, log, progress=progress)
+
+    counts = store.counts()
+    if log.new or (counts["usable_faces"] and not counts["identities"]):
+        clustering = cluster_store(store, settings)
+        changed = True
+    else:
+        clustering = None  # nothing new: identities stay exactly as they were
+        changed = False
+    summary = report_step.build_summary(
+        store=store, log=log, clustering=clustering, changed=changed, versions=component_versions(),
+        model_version=embedder.version if log.new else None, input_name=input_name, settings=settings,
+        seconds=time.perf_counter() - started, machine=f"{platform.machine()}, {os.cpu_count()} cpu",
+    )
+    report_step.write_report(summary, store, out_dir)
+    return summary

@@ -1,0 +1,122 @@
+"""Typed settings read once from ``params.yaml``.
+
+Every step takes the section it needs; nothing here reads the environment except
+:func:`load_settings`, which resolves the file location.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    models_dir: Path = Path("models")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    batch_size: int = 32
+    max_side: int = 1280
+    min_face_size: int = 20
+    min_confidence: float = 0.95
+    min_face_px: int = 40
+    min_blur: float = 15.0
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    threshold: float = 0.91
+    knn: int = 30
+    knn_above: int = 5000
+    iterations: int = 30
+    min_identity_size: int = 2
+
+
+@dataclass(frozen=True)
+class VerifyParams:
+    threshold: float = 0.91
+
+
+@dataclass(frozen=True)
+class RunParams:
+    demo_people: int = 40
+    demo_min_images: int = 10
+    demo_max_images: int = 20
+    out_dir: Path = Path("runs/demo")
+
+
+@dataclass(frozen=True)
+class Settings:
+    base: BaseParams = field(default_factory=BaseParams)
+    detect: DetectParams = field(default_factory=DetectParams)
+    embed: EmbedParams = field(default_factory=EmbedParams)
+    cluster: ClusterParams = field(default_factory=ClusterParams)
+    verify: VerifyParams = field(default_factory=VerifyParams)
+    run: RunParams = field(default_factory=RunParams)
+
+    @property
+    def model_path(self) -> Path:
+        """Where the converted Keras embedder lives."""
+        return self.base.models_dir / "face_recognition_net.keras"
+
+
+def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
+    """Build one section, coercing YAML scalars and resolving relative paths against root."""
+    raw = dict(raw or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ValueError(f"params.yaml [{cls.__name__}]: unknown keys {sorted(unknown)}")
+    defaults = cls()
+    values = {}
+    for name, f in known.items():
+        value = raw.get(name, getattr(defaults, name))
+        kind = type(getattr(defaults, name))
+        if isinstance(getattr(defaults, name), Path):
+            value = Path(value)
+            value = value if value.is_absolute() else root / value
+        else:
+            value = kind(value)
+        values[name] = value
+    return cls(**values)
+
+
+_SECTIONS = {"base": BaseParams, "detect": DetectParams, "embed": EmbedParams,
+             "cluster": ClusterParams, "verify": VerifyParams, "run": RunParams}
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read ``params.yaml`` into :class:`Settings`.
+
+    Args:
+        path: the YAML file; defaults to ``$FACES_PARAMS`` or the project's ``params.yaml``.
+            Relative paths inside it resolve against the file's directory.
+
+    Returns:
+        The settings; sections or keys missing from the file keep their defaults.
+
+    Raises:
+        ValueError: on an unknown section or key (a typo should not pass silently).
+    """
+    path = Path(path or os.environ.get("FACES_PARAMS") or PROJECT_ROOT / "params.yaml")
+    raw = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
+    root = path.resolve().parent
+    return Settings(**{name: _section(cls, raw.get(name), root) for name, cls in _SECTIONS.items()})
