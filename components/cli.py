@@ -89,6 +89,15 @@ def cmd_bench_lfw_verify(args, settings) -> int:
     return 0
 
 
+def cmd_bench_cluster_threshold(args, settings) -> int:
+    from components.bench.cluster_threshold import run_benchmark
+
+    result = run_benchmark(settings, out=Path(args.out))
+    print(json.dumps({k: result[k] for k in ("chosen_threshold", "calibration_at_chosen", "held_out_at_chosen")}, indent=2))
+    print(f"written: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faces", description="Self-hosted, unsupervised face recognition.")
     parser.add_argument("--params", help="params.yaml to use (default: $FACES_PARAMS or the project's)")
@@ -120,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-pairs", type=int, help="use only the first N pairs of each fold (quick check)")
     p.add_argument("--detect-speed-photos", type=int, default=256, help="photos for the batched-vs-single detector timing")
     p.set_defaults(func=cmd_bench_lfw_verify)
+    p = bench_sub.add_parser("cluster-threshold",
+                             help="calibrate the Chinese Whispers threshold on LFW folds 1-5, score on folds 6-10")
+    p.add_argument("--out", default="bench/results/cluster_threshold.json")
+    p.set_defaults(func=cmd_bench_cluster_threshold)
     return parser
 
 

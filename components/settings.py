@@ -29,7 +29,7 @@ class DetectParams:
     min_face_size: int = 20
     min_confidence: float = 0.95
     min_face_px: int = 40
-    min_blur: float = 15.0
+    min_blur: float = 0.005
     max_pixels: int = 40_000_000
 
 
@@ -40,7 +40,7 @@ class EmbedParams:
 
 @dataclass(frozen=True)
 class ClusterParams:
-    threshold: float = 0.91
+    threshold: float = 0.945
     knn: int = 30
     knn_above: int = 5000
     iterations: int = 30
@@ -85,13 +85,20 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
     defaults = cls()
     values = {}
     for name, f in known.items():
-        value = raw.get(name, getattr(defaults, name))
-        kind = type(getattr(defaults, name))
-        if isinstance(getattr(defaults, name), Path):
+        default = getattr(defaults, name)
+        value = raw.get(name, default)
+        if value is None:
+            raise ValueError(f"params.yaml [{cls.__name__}] {name}: no value given")
+        if isinstance(default, Path):
             value = Path(value)
             value = value if value.is_absolute() else root / value
+        elif isinstance(default, int):
+            number = float(value) if not isinstance(value, bool) else None
+            if number is None or not number.is_integer():
+                raise ValueError(f"params.yaml [{cls.__name__}] {name}: expected a whole number, got {value!r}")
+            value = int(number)
         else:
-            value = kind(value)
+            value = type(default)(value)
         values[name] = value
     return cls(**values)
 
@@ -113,7 +120,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
     Raises:
         ValueError: on an unknown section or key (a typo should not pass silently).
     """
-    path = Path(path or os.environ.get("FACES_PARAMS") or PROJECT_ROOT / "params.yaml")
+    chosen = path or os.environ.get("FACES_PARAMS")
+    path = Path(chosen or PROJECT_ROOT / "params.yaml")
+    if chosen and not path.exists():
+        raise FileNotFoundError(f"parameters file {path} does not exist")
     raw = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
     unknown = set(raw) - set(_SECTIONS)
     if unknown:

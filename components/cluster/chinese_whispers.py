@@ -75,7 +75,7 @@ class ChineseWhispers:
         n_edges_: undirected edges in the graph.
     """
 
-    def __init__(self, threshold: float = 0.91, knn: int = 30, knn_above: int = 5000, iterations: int = 30, seed: int = 0):
+    def __init__(self, threshold: float = 0.945, knn: int = 30, knn_above: int = 5000, iterations: int = 30, seed: int = 0):
         self.threshold = threshold
         self.knn = knn
         self.knn_above = knn_above

@@ -73,7 +73,9 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) 
         (size, size, 3) uint8 RGB aligned crop; areas outside the photo are black.
     """
     template = TEMPLATE_150 * (size / CROP_SIZE)
-    forward = similarity_transform(landmarks, template)
+    # PIL puts pixel centres at +0.5 while landmarks and template count pixel indices;
+    # shifting both keeps the crop from drifting by up to half a pixel with scale.
+    forward = similarity_transform(np.asarray(landmarks) + 0.5, template + 0.5)
     # PIL maps output pixels back to input pixels, so it wants the inverse transform.
     inverse = np.linalg.inv(np.vstack([forward, [0.0, 0.0, 1.0]]))[:2]
     warped = Image.fromarray(image).transform(

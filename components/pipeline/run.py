@@ -40,8 +40,6 @@ from components.settings import Settings
 
 __version__ = "1.0.0"
 
-PHOTOS_PER_CHUNK = 64  # photos decoded, detected and embedded together
-
 
 @dataclass
 class Photo:
@@ -81,14 +79,16 @@ def folder_photos(root: Path, folder_labels: bool) -> tuple[list[Photo], list[Ba
     Args:
         root: the folder to walk (recursively).
         folder_labels: take each photo's parent folder name as the true identity of
-            its main face (true for LFW-style folders; used only to score clustering).
+            its main face (LFW-style folders; used only to score clustering). Photos
+            directly in ``root`` stay unlabelled.
     """
     photos, unreadable = [], []
     for path, error in iter_image_files(root):
         if error is not None:
             unreadable.append(error)
         else:
-            photos.append(Photo(path, path.parent.name if folder_labels else None))
+            labelled = folder_labels and path.parent != root  # loose photos at the top level name no one
+            photos.append(Photo(path, path.parent.name if labelled else None))
     return photos, unreadable
 
 
@@ -146,7 +146,8 @@ class Ingestor:
                 bar.update()
                 continue
             pending.append((photo, sha))
-            if len(pending) == PHOTOS_PER_CHUNK:
+            # One detector batch at a time: bounded memory, and a killed run loses at most one batch.
+            if len(pending) == self.settings.detect.batch_size:
                 self._process(pending, log, bar)
                 pending = []
         if pending:

@@ -1,0 +1,182 @@
+"""Model tests for face verification: real detector + real embedder on LFW photos.
+
+Similarities measured when these tests were written (threshold 0.91):
+
+* Aaron_Peirsol_0001 vs its mirror image 0.992, brightness x1.4 0.996, x0.7 0.998;
+* first 10 matched pairs of fold 1: 0.935 .. 0.985 (all above the threshold);
+* first 10 mismatched pairs of fold 1: 0.766 .. 0.875 (none above the threshold).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+from components import api
+from components.datasets.lfw import read_pairs
+from components.detect import FaceDetector
+from components.embed import Embedder
+from components.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+LFW_ROOT = REPO / "data" / "lfw"
+PHOTO = LFW_ROOT / "images_deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
+RESULT_KEYS = {"faces", "similarity", "threshold", "same", "model_version"}
+
+
+@pytest.fixture(scope="module")
+def settings():
+    settings = load_settings()
+    if not settings.model_path.exists():
+        pytest.skip(f"no converted embedder at {settings.model_path}")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def threshold(settings) -> float:
+    return settings.verify.threshold
+
+
+@pytest.fixture(scope="module")
+def detector(settings) -> FaceDetector:
+    return FaceDetector(settings.detect)
+
+
+@pytest.fixture(scope="module")
+def embedder(settings) -> Embedder:
+    return Embedder(settings.model_path, batch_size=settings.embed.batch_size)
+
+
+@pytest.fixture(scope="module")
+def fold1():
+    try:
+        pairs = [p for p in read_pairs(LFW_ROOT) if p.fold == 1]
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    same = [p for p in pairs if p.same][:10]
+    different = [p for p in pairs if not p.same][:10]
+    assert len(same) == len(different) == 10
+    return same, different
+
+
+def main_face_embedding(detector: FaceDetector, embedder: Embedder, image: Image.Image) -> np.ndarray:
+    faces = detector.detect([np.asarray(image.convert("RGB"))])[0]
+    assert faces, "no face found"
+    main = max(faces, key=lambda f: (f.passed, f.size))
+    return embedder.embed(main.crop[None])[0]
+
+
+@pytest.fixture(scope="module")
+def photo_variant_similarities(detector, embedder) -> dict[str, float]:
+    if not PHOTO.exists():
+        pytest.skip(f"LFW image not available: {PHOTO}")
+    original = Image.open(PHOTO).convert("RGB")
+    variants = {
+        "flip": ImageOps.mirror(original),
+        "brighter": ImageEnhance.Brightness(original).enhance(1.4),
+        "darker": ImageEnhance.Brightness(original).enhance(0.7),
+    }
+    reference = main_face_embedding(detector, embedder, original)
+    return {name: float(reference @ main_face_embedding(detector, embedder, image)) for name, image in variants.items()}
+
+
+@pytest.fixture(scope="module")
+def fold1_results(fold1):
+    same, different = fold1
+    return [api.verify(p.path_a, p.path_b) for p in same], [api.verify(p.path_a, p.path_b) for p in different]
+
+
+def test_embeddings_are_unit_vectors(detector, embedder):
+    if not PHOTO.exists():
+        pytest.skip(f"LFW image not available: {PHOTO}")
+    vector = main_face_embedding(detector, embedder, Image.open(PHOTO))
+    assert vector.shape == (128,)
+    assert vector.dtype == np.float32
+    assert float(np.linalg.norm(vector)) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["flip", "brighter", "darker"])
+def test_same_photo_variants_stay_above_threshold(photo_variant_similarities, threshold, variant):
+    similarity = photo_variant_similarities[variant]
+    # measured 0.992 (flip), 0.996 (x1.4), 0.998 (x0.7)
+    assert similarity >= threshold
+    assert similarity > 0.97
+    assert similarity < 1.0  # a different image, not the same crop
+
+
+def test_fold1_same_pairs_all_match(fold1_results, threshold):
+    same, _ = fold1_results
+    similarities = [result["similarity"] for result in same]
+    # measured 0.935 .. 0.985
+    assert all(s >= threshold for s in similarities), similarities
+    assert all(result["same"] is True for result in same)
+
+
+def test_fold1_different_pairs_at_most_one_false_match(fold1_results, threshold):
+    _, different = fold1_results
+    similarities = [result["similarity"] for result in different]
+    # measured 0.766 .. 0.875: none at or above 0.91
+    assert sum(s >= threshold for s in similarities) <= 1, similarities
+    assert np.median(similarities) < threshold - 0.03
+    assert sum(result["same"] is True for result in different) <= 1
+
+
+def test_fold1_same_and_different_pairs_separate(fold1_results):
+    same, different = fold1_results
+    # measured gap: min same 0.935 > max different 0.875
+    assert min(r["similarity"] for r in same) > max(r["similarity"] for r in different)
+
+
+def test_verify_result_layout(fold1_results, threshold, embedder):
+    for result in fold1_results[0] + fold1_results[1]:
+        assert RESULT_KEYS <= set(result)
+        assert "error" not in result
+        assert result["threshold"] == threshold
+        assert result["model_version"] == embedder.version
+        assert result["same"] == (result["similarity"] >= threshold)
+        assert len(result["faces"]) == 2 and all(n >= 1 for n in result["faces"])
+        assert -1.0 <= result["similarity"] <= 1.0
+        assert len(result["boxes"]) == 2 and all(len(box) == 4 for box in result["boxes"])
+
+
+def test_verify_threshold_argument_overrides_settings(fold1):
+    same, _ = fold1
+    pair = same[0]
+    result = api.verify(pair.path_a, pair.path_b, threshold=0.999)
+    assert result["threshold"] == 0.999
+    assert result["same"] is False
+    assert result["similarity"] < 0.999
+
+
+def test_verify_accepts_arrays(fold1):
+    same, _ = fold1
+    pair = same[0]
+    from_paths = api.verify(pair.path_a, pair.path_b)
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in (pair.path_a, pair.path_b)]
+    from_arrays = api.verify(*arrays)
+    assert from_arrays["similarity"] == pytest.approx(from_paths["similarity"], abs=1e-4)
+    assert from_arrays["same"] == from_paths["same"]
+
+
+def test_verify_with_faceless_image_returns_no_decision(tmp_path, fold1, threshold):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((200, 200, 3), 128, dtype=np.uint8)).save(grey)
+    photo = fold1[0][0].path_a
+
+    result = api.verify(photo, grey)
+
+    assert RESULT_KEYS <= set(result)
+    assert result["same"] is None
+    assert result["similarity"] is None
+    assert result["faces"] == [1, 0]
+    assert result["threshold"] == threshold
+    assert "photo b" in result["error"]
+
+    both = api.verify(grey, grey)
+    assert both["same"] is None and both["faces"] == [0, 0]
+    assert "photo a and b" in both["error"]
