@@ -82,8 +82,8 @@ def cmd_verify(args, settings) -> int:
 def cmd_bench_lfw_verify(args, settings) -> int:
     from components.bench.lfw_verify import run_benchmark
 
-    result = run_benchmark(settings, out=Path(args.out), with_dlib=not args.no_dlib, limit_pairs=args.limit_pairs,
-                           detect_speed_photos=args.detect_speed_photos)
+    result = run_benchmark(settings, out=Path(args.out), with_dlib=not args.no_dlib, speed_photos=args.speed_photos,
+                           repeats=args.repeats)
     print(json.dumps(result["table"], indent=2))
     print(f"written: {args.out}")
     return 0
@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("lfw-verify", help="LFW View 2 10-fold verification, beside the dlib reference pipeline")
     p.add_argument("--out", default="bench/results/lfw_verify.json")
     p.add_argument("--no-dlib", action="store_true", help="skip the dlib reference pipeline")
-    p.add_argument("--limit-pairs", type=int, help="use only the first N pairs of each fold (quick check)")
-    p.add_argument("--detect-speed-photos", type=int, default=256, help="photos for the batched-vs-single detector timing")
+    p.add_argument("--speed-photos", type=int, default=300, help="photos timed side by side (every pipeline, same photos)")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats; the median is reported")
     p.set_defaults(func=cmd_bench_lfw_verify)
     p = bench_sub.add_parser("cluster-threshold",
                              help="calibrate the Chinese Whispers threshold on LFW folds 1-5, score on folds 6-10")

@@ -2,8 +2,8 @@
 
 The shipped Chinese Whispers threshold is calibrated on the people of LFW's
 ``people.txt`` folds 1-5 and scored on the people of folds 6-10, who were not
-looked at (DESIGN.md 6). Embeddings are the main-face embeddings cached by
-``faces bench lfw-verify`` (every photo that appears in ``pairs.txt``).
+looked at (DESIGN.md 6). Embeddings are the main-face embeddings of every photo in ``pairs.txt``,
+shared (cached) with ``faces bench lfw-verify``.
 """
 
 from __future__ import annotations
@@ -17,24 +17,21 @@ from pathlib import Path
 import numpy as np
 
 from components.cluster import ChineseWhispers
-from components.datasets.lfw import LFW_ROOT_DEFAULT, read_people_folds
-from components.embed.embedder import model_digest
-from components.embed.embedder import MODEL_NAME
+from components.datasets.lfw import LFW_ROOT_DEFAULT, read_pairs, read_people_folds
+from components.bench.lfw_verify import EnginePipeline, embed_all
 from components.report.metrics import clustering_summary
 from components.settings import PROJECT_ROOT, Settings
 
 GRID = np.round(np.arange(0.88, 0.9601, 0.005), 3)
 
 
-def _cached_embeddings(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-    version = f"{MODEL_NAME}+{model_digest(settings.model_path)[:12]}"
-    cache = PROJECT_ROOT / "bench" / "cache" / f"lfw_pairs_{version}.npz"
-    if not cache.exists():
-        raise FileNotFoundError(f"{cache} is missing: run `faces bench lfw-verify` first (it caches the embeddings)")
-    data = np.load(cache)
-    found = data["found"]
-    names = np.array([Path(p).parent.name for p in data["paths"]])
-    return data["vectors"][found], names[found]
+def _pairs_photo_embeddings(settings: Settings, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Main-face embeddings of every photo of pairs.txt (shared cache with lfw-verify) and their names."""
+    pairs = read_pairs(root)
+    paths = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
+    vectors, found = embed_all(EnginePipeline(settings), paths, "engine", progress=True)
+    names = np.array([path.parent.name for path in paths])
+    return vectors[found], names[found]
 
 
 def sweep(vectors: np.ndarray, names: np.ndarray, thresholds, seed: int = 0) -> list[dict]:
@@ -50,7 +47,7 @@ def sweep(vectors: np.ndarray, names: np.ndarray, thresholds, seed: int = 0) -> 
 
 def run_benchmark(settings: Settings, out: Path, root: Path = LFW_ROOT_DEFAULT) -> dict:
     root = root if root.is_absolute() else PROJECT_ROOT / root
-    vectors, names = _cached_embeddings(settings)
+    vectors, names = _pairs_photo_embeddings(settings, root)
     folds = read_people_folds(root)
     calibration_people = {name for fold in folds[:5] for name, _ in fold}
     held_out_people = {name for fold in folds[5:] for name, _ in fold}
