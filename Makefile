@@ -25,9 +25,10 @@ $(STAMPS)/venv: requirements/lock.txt pyproject.toml
 	@mkdir -p $(STAMPS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/lock.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(FACE_RECOGNITION)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
+	# After the check: it would flag face_recognition's dlib requirement, which dlib-bin meets.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(FACE_RECOGNITION)
 	@touch $@
 
 $(MODEL): $(STAMPS)/venv
