@@ -34,7 +34,12 @@ $(STAMPS)/venv: requirements/lock.txt pyproject.toml
 $(MODEL): $(STAMPS)/venv
 	$(BIN)/faces setup-model
 
+# The `shared` remote is ../shared/dvc-store relative to the checkout; a checkout elsewhere
+# points it at DVC_STORE in its local (uncommitted) DVC config.
+DVC_STORE ?= /work/shared/dvc-store
 $(STAMPS)/data: data.dvc $(STAMPS)/venv
+	@if [ ! -d ../shared/dvc-store ] && [ -d "$(DVC_STORE)" ]; then \
+		$(BIN)/dvc remote modify --local shared url "$(DVC_STORE)"; fi
 	$(BIN)/dvc pull --quiet
 	@touch $@
 
