@@ -23,12 +23,13 @@ def cmd_setup_model(args, settings) -> int:
 
 
 def cmd_run(args, settings) -> int:
-    from components.datasets.lfw import demo_subset
+    from components.datasets.lfw import LFW_ROOT_DEFAULT, demo_subset
     from components.pipeline.run import Photo, folder_photos, run
+    from components.settings import PROJECT_ROOT
 
     out_dir = Path(args.out) if args.out else settings.run.out_dir
     if args.input:
-        root = Path(args.input)
+        root = Path(args.input).resolve()
         if not root.is_dir():
             print(f"error: --input {root} is not a folder", file=sys.stderr)
             return 2
@@ -36,6 +37,7 @@ def cmd_run(args, settings) -> int:
         name = str(root)
     else:
         subset = demo_subset(
+            PROJECT_ROOT / LFW_ROOT_DEFAULT,
             n_people=settings.run.demo_people,
             min_images=settings.run.demo_min_images,
             max_images_per_person=settings.run.demo_max_images,
