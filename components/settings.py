@@ -49,7 +49,7 @@ class ClusterParams:
 
 @dataclass(frozen=True)
 class VerifyParams:
-    threshold: float = 0.91
+    threshold: float = 0.909
 
 
 @dataclass(frozen=True)

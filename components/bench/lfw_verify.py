@@ -78,9 +78,20 @@ class DlibPipeline:
         return vectors, np.array([f.encoding is not None for f in faces])
 
 
-def embed_all(pipeline: Callable, paths: list[Path], name: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Main-face embeddings of every photo, from the cache when this pipeline version made them."""
-    cache = CACHE_DIR / f"lfw_pairs_{pipeline.version}.npz"
+def embed_all(pipeline: Callable, paths: list[Path], name: str, progress: bool,
+              photo_set: str = "lfw_pairs") -> tuple[np.ndarray, np.ndarray]:
+    """Main-face embeddings of every photo, from the cache when this pipeline version made them.
+
+    Args:
+        pipeline: ``EnginePipeline`` or ``DlibPipeline`` (anything with ``version`` and
+            ``__call__(images) -> (vectors, found)``).
+        paths: the photos, in a fixed order.
+        name: progress-bar label.
+        progress: show a progress bar.
+        photo_set: names the cache file together with the pipeline version
+            (e.g. ``lfw_pairs`` for the photos of pairs.txt, ``lfw_all`` for all of LFW).
+    """
+    cache = CACHE_DIR / f"{photo_set}_{pipeline.version}.npz"
     keys = np.array([str(p.relative_to(PROJECT_ROOT)) if p.is_relative_to(PROJECT_ROOT) else str(p) for p in paths])
     if cache.exists():
         data = np.load(cache)
