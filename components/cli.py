@@ -45,7 +45,7 @@ def cmd_run(args, settings) -> int:
         photos = [Photo(path, person) for person, paths in subset.items() for path in paths]
         unreadable, name = [], f"LFW demo subset ({len(subset)} people, {len(photos)} photos)"
     summary = run(photos, out_dir, settings, store_url=args.db, input_name=name, unreadable=unreadable,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, full_recluster=args.full_recluster)
     print(json.dumps(_headline(summary), indent=2))
     print(f"report: {out_dir / 'report.html'}  (summary: {out_dir / 'report.json'})")
     return 0
@@ -100,6 +100,18 @@ def cmd_bench_cluster_threshold(args, settings) -> int:
     return 0
 
 
+def cmd_bench_cluster(args, settings) -> int:
+    from components.bench.cluster import main as bench_cluster_main
+
+    return bench_cluster_main(args, settings)
+
+
+def cmd_identities(args, settings) -> int:
+    from components.identities.cli import main as identities_main
+
+    return identities_main(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faces", description="Self-hosted, unsupervised face recognition.")
     parser.add_argument("--params", help="params.yaml to use (default: $FACES_PARAMS or the project's)")
@@ -114,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLAlchemy URL of the identity store (default: sqlite in the output folder)")
     p.add_argument("--folder-labels", action=argparse.BooleanOptionalAction, default=False,
                    help="treat each photo's folder name as the true identity (to score clustering)")
+    p.add_argument("--full-recluster", action="store_true",
+                   help="re-cluster every face, not just the unknown pool (identity ids and names are kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
@@ -135,6 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
                              help="calibrate the Chinese Whispers threshold on LFW folds 1-5, score on folds 6-10")
     p.add_argument("--out", default="bench/results/cluster_threshold.json")
     p.set_defaults(func=cmd_bench_cluster_threshold)
+    p = bench_sub.add_parser("cluster", help="every clustering algorithm on LFW (quality) and synthetic data (scale)")
+    p.add_argument("--out", default="bench/results/cluster.json")
+    p.add_argument("--part", choices=["all", "quality", "scale", "stream"], default="all")
+    p.add_argument("--sizes", default="10000,100000,1000000", help="synthetic sizes for the scale part")
+    p.add_argument("--algorithms", help="comma-separated subset (default: all)")
+    p.set_defaults(func=cmd_bench_cluster)
+
+    p = sub.add_parser("identities", help="list, show, rename, merge, split or delete identities")
+    p.add_argument("--db", help="SQLAlchemy URL of the identity store (default: sqlite in run.out_dir)")
+    ops = p.add_subparsers(dest="operation", required=True)
+    ops.add_parser("list", help="every identity with its size and name")
+    q = ops.add_parser("show", help="one identity: its faces and history")
+    q.add_argument("identity", type=int)
+    q = ops.add_parser("rename", help="give an identity a name")
+    q.add_argument("identity", type=int)
+    q.add_argument("name")
+    q = ops.add_parser("merge", help="merge identities into the first one")
+    q.add_argument("into", type=int)
+    q.add_argument("others", type=int, nargs="+")
+    q = ops.add_parser("split", help="move faces out of an identity into a new one")
+    q.add_argument("identity", type=int)
+    q.add_argument("faces", type=int, nargs="+", help="face ids to move out")
+    q = ops.add_parser("delete", help="delete an identity and everything derived from it (crops, embeddings)")
+    q.add_argument("identity", type=int)
+    q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_identities)
     return parser
 
 

@@ -53,6 +53,27 @@ class VerifyParams:
 
 
 @dataclass(frozen=True)
+class IdentitiesParams:
+    """The identity life cycle: incremental assignment, the unknown pool, re-clustering.
+
+    Attributes:
+        assign_threshold: a new face joins the identity whose medoid is most similar
+            (cosine) when the similarity is at least this; otherwise it waits in the pool.
+        recluster_every_s: window T: the pool is re-clustered when this many seconds
+            have passed since the last re-clustering (and new faces wait in it).
+        recluster_pool_size: ... or as soon as this many faces have joined the pool
+            since the last re-clustering.
+        medoid_sample_above: identities with more members get an approximate medoid,
+            computed on a seeded sample of this many members.
+    """
+
+    assign_threshold: float = 0.909
+    recluster_every_s: float = 3600.0
+    recluster_pool_size: int = 1000
+    medoid_sample_above: int = 5000
+
+
+@dataclass(frozen=True)
 class RunParams:
     demo_people: int = 40
     demo_min_images: int = 10
@@ -67,6 +88,7 @@ class Settings:
     embed: EmbedParams = field(default_factory=EmbedParams)
     cluster: ClusterParams = field(default_factory=ClusterParams)
     verify: VerifyParams = field(default_factory=VerifyParams)
+    identities: IdentitiesParams = field(default_factory=IdentitiesParams)
     run: RunParams = field(default_factory=RunParams)
 
     @property
@@ -104,7 +126,7 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
 
 
 _SECTIONS = {"base": BaseParams, "detect": DetectParams, "embed": EmbedParams,
-             "cluster": ClusterParams, "verify": VerifyParams, "run": RunParams}
+             "cluster": ClusterParams, "verify": VerifyParams, "identities": IdentitiesParams, "run": RunParams}
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

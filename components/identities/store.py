@@ -3,6 +3,27 @@
 SQLite by default (one file beside the run's outputs); any SQLAlchemy URL works,
 so production points it at Postgres. Photos are keyed by the sha256 of their bytes,
 which makes every ingest idempotent: the same photo, under any path, is stored once.
+
+Tables:
+
+* ``images``, ``faces``: what was ingested (faces keep box, landmarks, quality and
+  the embedding as raw float32 bytes).
+* ``identities``: one row per person found, with its medoid face and size.
+* ``assignments``: face -> identity, with the similarity to the identity's medoid and
+  how it got there (``cluster``, ``pool``, ``assign``, ``manual``).
+* ``pool_faces``: the unknown pool, usable faces that belong to no identity yet;
+  ``reclustered`` says whether a pool re-clustering has already looked at the face.
+  A usable face in neither ``assignments`` nor ``pool_faces`` has not been seen by
+  the identity life cycle yet (components/identities/lifecycle.py).
+* ``identity_events``: the audit trail (who did what to which identity, when).
+  ``identity_id`` is a plain integer, not a foreign key, so events outlive the
+  identity they describe.
+* ``lifecycle_runs``: one row per assignment batch / pool or full re-clustering; the
+  latest re-clustering's time starts the next window T.
+* ``rejected_files``: files that could not be used, with the reason.
+
+Only new tables were added since the first release, so an older store file is
+upgraded by ``create_all`` alone: its unassigned faces are simply "not seen yet".
 """
 
 from __future__ import annotations
@@ -16,6 +37,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import (
+    JSON,
     Boolean,
     DateTime,
     Float,
@@ -27,6 +49,8 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
+    func,
     select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -36,6 +60,13 @@ EMBEDDING_DTYPE = np.float32
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A timezone-aware UTC datetime; SQLite hands back naive ones (stored as UTC)."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -82,6 +113,9 @@ class FaceRow(Base):
 
 class IdentityRow(Base):
     __tablename__ = "identities"
+    # Never reuse the id of a removed identity (SQLite would, by default): ids are what
+    # users and the audit trail refer to.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str | None] = mapped_column(String(512))
@@ -98,6 +132,48 @@ class AssignmentRow(Base):
     similarity: Mapped[float] = mapped_column(Float)  # to the identity's medoid
     method: Mapped[str] = mapped_column(String(32))
     face: Mapped[FaceRow] = relationship(back_populates="assignment")
+
+
+class PoolFaceRow(Base):
+    """A usable face in the unknown pool (no identity yet)."""
+
+    __tablename__ = "pool_faces"
+
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
+    # False until a pool re-clustering has seen the face: "fresh" faces are what make one due.
+    reclustered: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class IdentityEventRow(Base):
+    """One entry of the audit trail.
+
+    Not a foreign key to ``identities``: the trail must outlive the identity (a
+    delete is itself recorded). Details hold ids and counts; names only in
+    ``renamed`` events, and those are redacted when the identity is deleted.
+    """
+
+    __tablename__ = "identity_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identity_id: Mapped[int] = mapped_column(Integer, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(128))
+
+
+class LifecycleRunRow(Base):
+    """One step of the identity life cycle: an assignment batch or a re-clustering."""
+
+    __tablename__ = "lifecycle_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # assign | pool | full
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+RECLUSTER_KINDS = ("pool", "full")
 
 
 class RejectedFileRow(Base):
@@ -130,11 +206,213 @@ class NewFace:
 
 @dataclass
 class FaceMatrix:
-    """Usable faces as arrays, in face-id order."""
+    """Usable faces as arrays, in face-id order.
+
+    Attributes:
+        face_ids: (N,) face ids.
+        embeddings: (N, D) float32 embeddings, rows match ``face_ids``.
+        labels: ground-truth names (None when the folder names no one).
+        photo_ids: (N,) image id of each face (two faces of one photo are never
+            one person: the cannot-link constraint).
+    """
 
     face_ids: np.ndarray
     embeddings: np.ndarray
     labels: list[str | None]
+    photo_ids: np.ndarray | None = None
+
+
+def _usable():
+    return select(FaceRow.id, FaceRow.embedding, FaceRow.label, FaceRow.image_id).where(
+        FaceRow.passed.is_(True), FaceRow.embedding.is_not(None)
+    )
+
+
+def _face_matrix(rows: Sequence) -> FaceMatrix:
+    """Rows of (id, embedding, label, image_id) as arrays; one embedding size or a clear error."""
+    if not rows:
+        return FaceMatrix(np.empty(0, np.int64), np.empty((0, 0), EMBEDDING_DTYPE), [], np.empty(0, np.int64))
+    sizes = Counter(len(row.embedding) for row in rows)
+    if len(sizes) > 1:
+        dims = sorted(size // np.dtype(EMBEDDING_DTYPE).itemsize for size in sizes)
+        raise ValueError(
+            f"the store holds embeddings of different sizes {dims}: faces from different embedders "
+            "cannot be compared; re-embed them with one model"
+        )
+    embeddings = np.stack([np.frombuffer(row.embedding, EMBEDDING_DTYPE) for row in rows])
+    return FaceMatrix(
+        np.array([row.id for row in rows], np.int64), embeddings, [row.label for row in rows],
+        np.array([row.image_id for row in rows], np.int64),
+    )
+
+
+# -- queries inside a transaction (the life cycle and the operations compose these) -------------
+
+
+def usable_in(session: Session) -> FaceMatrix:
+    """Every usable face (gates passed, embedded), in face-id order."""
+    return _face_matrix(session.execute(_usable().order_by(FaceRow.id)).all())
+
+
+
+def unseen_faces(session: Session) -> FaceMatrix:
+    """Usable faces the life cycle has not handled yet: neither assigned nor in the pool."""
+    assigned = exists().where(AssignmentRow.face_id == FaceRow.id)
+    pooled = exists().where(PoolFaceRow.face_id == FaceRow.id)
+    return _face_matrix(session.execute(_usable().where(~assigned, ~pooled).order_by(FaceRow.id)).all())
+
+
+def pool_matrix(session: Session) -> tuple[FaceMatrix, np.ndarray]:
+    """The unknown pool as arrays, and whether a re-clustering has seen each face."""
+    rows = session.execute(
+        _usable().add_columns(PoolFaceRow.reclustered).join(PoolFaceRow, PoolFaceRow.face_id == FaceRow.id)
+        .order_by(FaceRow.id)
+    ).all()
+    return _face_matrix(rows), np.array([bool(row.reclustered) for row in rows], bool)
+
+
+def identity_medoids(session: Session) -> tuple[np.ndarray, np.ndarray]:
+    """(identity ids, their medoid embeddings), in id order."""
+    rows = session.execute(
+        select(IdentityRow.id, FaceRow.embedding).join(FaceRow, FaceRow.id == IdentityRow.medoid_face_id).order_by(IdentityRow.id)
+    ).all()
+    if not rows:
+        return np.empty(0, np.int64), np.empty((0, 0), EMBEDDING_DTYPE)
+    return np.array([row.id for row in rows], np.int64), np.stack([np.frombuffer(row.embedding, EMBEDDING_DTYPE) for row in rows])
+
+
+def photo_identities(session: Session, photo_ids: Sequence[int]) -> dict[int, set[int]]:
+    """Photo id -> identities that already hold a face of that photo (for cannot-link)."""
+    wanted = sorted({int(photo) for photo in photo_ids})
+    result: dict[int, set[int]] = {}
+    for start in range(0, len(wanted), 500):  # bounded IN lists, whatever the backend's parameter limit
+        rows = session.execute(
+            select(FaceRow.image_id, AssignmentRow.identity_id)
+            .join(AssignmentRow, AssignmentRow.face_id == FaceRow.id)
+            .where(FaceRow.image_id.in_(wanted[start : start + 500]))
+        ).all()
+        for photo, identity in rows:
+            result.setdefault(int(photo), set()).add(int(identity))
+    return result
+
+
+def identity_members(session: Session, identity_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(face ids, identity ids, embeddings) of every member of the given identities."""
+    wanted = sorted({int(identity) for identity in identity_ids})
+    rows = []
+    for start in range(0, len(wanted), 500):
+        rows += session.execute(
+            select(FaceRow.id, AssignmentRow.identity_id, FaceRow.embedding)
+            .join(AssignmentRow, AssignmentRow.face_id == FaceRow.id)
+            .where(AssignmentRow.identity_id.in_(wanted[start : start + 500]))
+        ).all()
+    rows.sort(key=lambda row: (row.identity_id, row.id))
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 0), EMBEDDING_DTYPE)
+    return (
+        np.array([row.id for row in rows], np.int64),
+        np.array([row.identity_id for row in rows], np.int64),
+        np.stack([np.frombuffer(row.embedding, EMBEDDING_DTYPE) for row in rows]),
+    )
+
+
+def last_recluster_at(session: Session) -> datetime | None:
+    """When the pool (or everything) was last re-clustered; None if never."""
+    return as_utc(session.scalar(select(func.max(LifecycleRunRow.at)).where(LifecycleRunRow.kind.in_(RECLUSTER_KINDS))))
+
+
+def add_event(session: Session, identity_id: int, action: str, details: dict, at: datetime, actor: str) -> None:
+    """Append one audit event (inside the caller's transaction, so it commits with the change)."""
+    session.add(IdentityEventRow(identity_id=int(identity_id), action=action, details=details, at=at, actor=actor))
+
+
+def replace_clustering_in(
+    session: Session, face_ids: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, medoid_rows: dict[int, int],
+    min_size: int, *, at: datetime, actor: str = "pipeline",
+) -> dict[int, int]:
+    """Replace every assignment by a new clustering of (all) usable faces.
+
+    Each new cluster of at least ``min_size`` faces takes over the existing
+    identity it shares the most faces with (greedily, largest overlap first, see
+    :func:`components.identities.lifecycle.reconcile_by_overlap`); clusters matching
+    no identity create new ones; identities left unmatched are removed. Smaller
+    clusters go to the unknown pool (marked as already re-clustered).
+
+    Names survive: a removed identity's name moves to the identity that took most
+    of its faces, unless that one already has a name (then the audit trail keeps
+    the dropped name in a ``name_dropped`` event).
+
+    Args:
+        session: the transaction to work in.
+        face_ids: (N,) face ids, rows of ``embeddings``.
+        labels: (N,) cluster labels.
+        embeddings: (N, D) unit vectors.
+        medoid_rows: cluster label -> row index of its medoid.
+        min_size: smallest cluster that becomes an identity.
+        at: time of the change, for the audit trail.
+        actor: who made it.
+
+    Returns:
+        cluster label -> identity id, for the clusters that became identities.
+    """
+    from components.identities.lifecycle import reconcile_by_overlap  # the pure core; imports this module
+
+    face_ids = np.asarray(face_ids)
+    labels = np.asarray(labels)
+    previous_of = dict(session.execute(select(AssignmentRow.face_id, AssignmentRow.identity_id)).all())
+    previous = np.array([previous_of.get(int(face), -1) for face in face_ids], np.int64)
+    plan = reconcile_by_overlap(previous, labels, min_size)
+    identity_of = dict(plan.matched)
+    sizes = Counter(labels.tolist())
+
+    session.execute(delete(AssignmentRow))
+    session.execute(delete(PoolFaceRow))
+    names = dict(session.execute(select(IdentityRow.id, IdentityRow.name)).all())
+    stale = set(names) - set(identity_of.values())
+    if stale:
+        session.execute(delete(IdentityRow).where(IdentityRow.id.in_(stale)))
+    for label in plan.kept:
+        medoid_row = medoid_rows[label]
+        if label in identity_of:
+            identity = session.get(IdentityRow, identity_of[label])
+            identity.medoid_face_id = int(face_ids[medoid_row])
+            identity.size = sizes[label]
+            identity.updated_at = at  # the caller's clock, not the wall clock: re-runs stay identical
+        else:
+            identity = IdentityRow(medoid_face_id=int(face_ids[medoid_row]), size=sizes[label], updated_at=at)
+            session.add(identity)
+            session.flush()
+            identity_of[label] = identity.id
+            add_event(session, identity.id, "created", {"faces": sizes[label], "by": "full_recluster"}, at, actor)
+        members = np.flatnonzero(labels == label)
+        similarities = embeddings[members] @ embeddings[medoid_row]
+        session.add_all(
+            AssignmentRow(face_id=int(face_ids[row]), identity_id=identity.id, similarity=float(sim), method="cluster")
+            for row, sim in zip(members, similarities)
+        )
+    kept = set(plan.kept)
+    session.add_all(
+        PoolFaceRow(face_id=int(face), reclustered=True) for face, label in zip(face_ids, labels) if int(label) not in kept
+    )
+
+    # Names are the user's work: carry each removed identity's name to where most of its faces went.
+    named_now = {identity for identity, name in names.items() if name is not None and identity not in stale}
+    for old in sorted(stale):
+        name = names[old]
+        shares = sorted(((count, -label) for (label, identity), count in plan.overlaps.items() if identity == old), reverse=True)
+        if name is None or not shares:
+            add_event(session, old, "removed", {"by": "full_recluster", **({"name": name} if name else {})}, at, actor)
+            continue
+        target = identity_of[-shares[0][1]]
+        if target in named_now:
+            add_event(session, target, "name_dropped", {"name": name, "from_identity": old, "by": "full_recluster"}, at, actor)
+        else:
+            session.get(IdentityRow, target).name = name
+            named_now.add(target)
+            details = {"from": None, "to": name, "from_identity": old, "by": "full_recluster"}
+            add_event(session, target, "renamed", details, at, actor)
+        add_event(session, old, "removed", {"by": "full_recluster", "faces_to": target}, at, actor)
+    return identity_of
 
 
 class IdentityStore:
@@ -224,77 +502,23 @@ class IdentityStore:
     def usable_faces(self) -> FaceMatrix:
         """Faces that passed the quality gates and have an embedding."""
         with self.session() as session:
-            rows = session.execute(
-                select(FaceRow.id, FaceRow.embedding, FaceRow.label)
-                .where(FaceRow.passed.is_(True), FaceRow.embedding.is_not(None))
-                .order_by(FaceRow.id)
-            ).all()
-        if not rows:
-            return FaceMatrix(np.empty(0, np.int64), np.empty((0, 0), EMBEDDING_DTYPE), [])
-        embeddings = np.stack([np.frombuffer(row.embedding, EMBEDDING_DTYPE) for row in rows])
-        return FaceMatrix(np.array([row.id for row in rows]), embeddings, [row.label for row in rows])
+            return usable_in(session)
 
     def replace_clustering(
-        self, face_ids: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, medoid_rows: dict[int, int], min_size: int
+        self, face_ids: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, medoid_rows: dict[int, int], min_size: int,
+        *, at: datetime | None = None, actor: str = "pipeline",
     ) -> dict[int, int]:
         """Store a new clustering of (all) usable faces, keeping identity ids stable.
 
-        Each new cluster of at least ``min_size`` faces takes over the existing
-        identity it shares the most faces with (greedily, largest overlap first);
-        clusters matching no identity create new ones; identities left unmatched
-        are removed. Smaller clusters stay in the unknown pool (no identity).
-
-        Args:
-            face_ids: (N,) face ids, rows of ``embeddings``.
-            labels: (N,) cluster labels.
-            embeddings: (N, D) unit vectors.
-            medoid_rows: cluster label -> row index of its medoid.
-            min_size: smallest cluster that becomes an identity.
+        One transaction; see :func:`replace_clustering_in` for the rules.
 
         Returns:
             cluster label -> identity id, for the clusters that became identities.
         """
-        face_ids = np.asarray(face_ids)
-        labels = np.asarray(labels)
-        sizes = Counter(labels.tolist())
-        kept = [label for label, size in sizes.items() if size >= min_size]
         with self.session() as session:
-            previous = dict(session.execute(select(AssignmentRow.face_id, AssignmentRow.identity_id)).all())
-            overlaps = Counter(
-                (int(label), previous[int(face)])
-                for face, label in zip(face_ids, labels)
-                if int(face) in previous and sizes[label] >= min_size
+            return replace_clustering_in(
+                session, face_ids, labels, embeddings, medoid_rows, min_size, at=at or _now(), actor=actor
             )
-            identity_of: dict[int, int] = {}
-            taken: set[int] = set()
-            for (label, identity), _ in sorted(overlaps.items(), key=lambda item: (-item[1], item[0])):
-                if label not in identity_of and identity not in taken:
-                    identity_of[label] = identity
-                    taken.add(identity)
-            session.execute(delete(AssignmentRow))
-            stale = set(session.scalars(select(IdentityRow.id))) - taken
-            if stale:
-                session.execute(delete(IdentityRow).where(IdentityRow.id.in_(stale)))
-            for label in sorted(kept):
-                medoid_row = medoid_rows[label]
-                if label in identity_of:
-                    identity = session.get(IdentityRow, identity_of[label])
-                    identity.medoid_face_id = int(face_ids[medoid_row])
-                    identity.size = sizes[label]
-                else:
-                    identity = IdentityRow(medoid_face_id=int(face_ids[medoid_row]), size=sizes[label])
-                    session.add(identity)
-                    session.flush()
-                    identity_of[label] = identity.id
-                members = np.flatnonzero(labels == label)
-                similarities = embeddings[members] @ embeddings[medoid_row]
-                session.add_all(
-                    AssignmentRow(
-                        face_id=int(face_ids[row]), identity_id=identity.id, similarity=float(sim), method="cluster"
-                    )
-                    for row, sim in zip(members, similarities)
-                )
-        return identity_of
 
     # -- reading ------------------------------------------------------------------
 
@@ -319,10 +543,57 @@ class IdentityStore:
             for identity in identities
         ]
 
+    def identity_list(self) -> list[dict]:
+        """Every identity without its members (cheap): id, name, size, medoid, updated; largest first."""
+        with self.session() as session:
+            rows = session.execute(
+                select(IdentityRow.id, IdentityRow.name, IdentityRow.size, IdentityRow.medoid_face_id, IdentityRow.updated_at)
+                .order_by(IdentityRow.size.desc(), IdentityRow.id)
+            ).all()
+        return [
+            {"id": row.id, "name": row.name, "size": row.size, "medoid_face_id": row.medoid_face_id,
+             "updated_at": as_utc(row.updated_at).isoformat(timespec="seconds") if row.updated_at else None}
+            for row in rows
+        ]
+
+    def events(self, identity_id: int | None = None) -> list[dict]:
+        """The audit trail, oldest first; only one identity's when ``identity_id`` is given."""
+        query = select(IdentityEventRow).order_by(IdentityEventRow.id)
+        if identity_id is not None:
+            query = query.where(IdentityEventRow.identity_id == int(identity_id))
+        with self.session() as session:
+            rows = session.scalars(query).all()
+        return [
+            {"id": row.id, "identity_id": row.identity_id, "action": row.action, "details": row.details,
+             "at": as_utc(row.at).isoformat(timespec="seconds"), "actor": row.actor}
+            for row in rows
+        ]
+
+    def has_unseen_faces(self) -> bool:
+        """Whether some usable face was never assigned nor pooled (new, or left by a killed run)."""
+        assigned = exists().where(AssignmentRow.face_id == FaceRow.id)
+        pooled = exists().where(PoolFaceRow.face_id == FaceRow.id)
+        with self.session() as session:
+            return session.scalar(select(_usable().where(~assigned, ~pooled).exists())) or False
+
+    def identity_of_faces(self) -> dict[int, int]:
+        """face id -> identity id, for every assigned face."""
+        with self.session() as session:
+            return dict(session.execute(select(AssignmentRow.face_id, AssignmentRow.identity_id)).all())
+
+    def pool_face_ids(self) -> list[int]:
+        """Face ids in the unknown pool."""
+        with self.session() as session:
+            return list(session.scalars(select(PoolFaceRow.face_id).order_by(PoolFaceRow.face_id)))
+
+    def lifecycle_runs(self) -> list[dict]:
+        """Every assignment batch and re-clustering, oldest first."""
+        with self.session() as session:
+            rows = session.scalars(select(LifecycleRunRow).order_by(LifecycleRunRow.id)).all()
+        return [{"id": row.id, "kind": row.kind, "at": as_utc(row.at).isoformat(), "details": row.details} for row in rows]
+
     def counts(self) -> dict[str, int]:
         """Row counts, for reports and for tests of idempotency."""
-        from sqlalchemy import func
-
         with self.session() as session:
             return {
                 "images": session.scalar(select(func.count()).select_from(ImageRow)),

@@ -2,9 +2,12 @@
 
 ``run`` walks a folder (or the LFW demo subset), and for every photo not seen before:
 load it safely, detect and align faces, embed the usable ones, store everything in
-one transaction per photo. Then, if anything new arrived, it clusters all usable
-faces with Chinese Whispers, reconciles the clusters with the identities that
-already exist, and writes a JSON summary and an HTML gallery.
+one transaction per photo. Then, if anything new arrived, the identity life cycle
+(components/identities/lifecycle.py) assigns each new usable face to the identity
+with the most similar medoid or puts it in the unknown pool, and re-clusters the
+pool with Chinese Whispers when it is due (always on the first run), reconciling
+the new clusters with the identities that already exist. Last it writes a JSON
+summary and an HTML gallery.
 
 Every step is keyed by content (sha256 of the photo), so a second run over the
 same folder changes nothing, and a run killed midway resumes where it stopped.
@@ -30,10 +33,10 @@ from components import embed as embed_step
 from components import identities as identities_step
 from components import images as images_step
 from components import report as report_step
-from components.cluster import ChineseWhispers, medoids
 from components.detect import Face, FaceDetector
 from components.embed import Embedder
 from components.identities import IdentityStore, NewFace
+from components.identities.lifecycle import Clock, update_identities, utc_now
 from components.images import BadImageError, file_sha256, iter_image_files, load_image
 from components.report.metrics import clustering_summary
 from components.settings import Settings
@@ -214,19 +217,41 @@ class Ingestor:
         log.seconds["store"] += time.perf_counter() - started
 
 
-def cluster_store(store: IdentityStore, settings: Settings) -> dict:
-    """Cluster every usable face, reconcile with existing identities, return metrics."""
-    faces = store.usable_faces()
-    params = settings.cluster
+def current_labels(face_ids: np.ndarray, identity_of: dict[int, int]) -> np.ndarray:
+    """Each face's identity id; faces in the unknown pool get singleton labels (negative)."""
+    labels = np.array([identity_of.get(int(face), -1) for face in face_ids], np.int64)
+    pooled = np.flatnonzero(labels < 0)
+    labels[pooled] = -1 - np.arange(len(pooled))  # identity ids are positive, so no clash
+    return labels
+
+
+def cluster_store(store: IdentityStore, settings: Settings, *, clock: Clock = utc_now, full_recluster: bool = False) -> dict:
+    """Update identities with the life cycle, then score them over all usable faces.
+
+    New usable faces are assigned to the identity with the most similar medoid or go
+    to the unknown pool; the pool is re-clustered when due (always on the first run);
+    ``full_recluster`` clusters every usable face again instead
+    (:func:`components.identities.lifecycle.update_identities`).
+
+    The metrics describe the store as it now is, not only what this run changed:
+    every usable face under its current identity, pool faces as singletons.
+
+    Args:
+        store: the identity store.
+        settings: all parameters (``identities:`` and ``cluster:`` sections).
+        clock: the time now (tests pin it).
+        full_recluster: re-cluster everything rather than the pool.
+
+    Returns:
+        The clustering section of the report, with what the life cycle did under ``lifecycle``.
+    """
     started = time.perf_counter()
-    estimator = ChineseWhispers(
-        threshold=params.threshold, knn=params.knn, knn_above=params.knn_above, iterations=params.iterations, seed=settings.base.seed
-    )
-    labels = estimator.fit_predict(faces.embeddings) if len(faces.face_ids) else np.empty(0, np.int64)
+    lifecycle = update_identities(store, settings, clock=clock, full=full_recluster)
     seconds = time.perf_counter() - started
-    if len(labels) == 0:
-        return {"faces": 0, "seconds": round(seconds, 3)}
-    store.replace_clustering(faces.face_ids, labels, faces.embeddings, medoids(faces.embeddings, labels), params.min_identity_size)
+    faces = store.usable_faces()
+    if not len(faces.face_ids):
+        return {"faces": 0, "lifecycle": lifecycle, "seconds": round(seconds, 3)}
+    labels = current_labels(faces.face_ids, store.identity_of_faces())
     summary = clustering_summary(labels, embeddings=faces.embeddings)
     labelled = np.array([label is not None for label in faces.labels])
     if labelled.sum() >= 2:
@@ -234,14 +259,15 @@ def cluster_store(store: IdentityStore, settings: Settings) -> dict:
         scored = clustering_summary(labels[labelled], true=truth)
         summary["against_folder_labels"] = {"faces": int(labelled.sum()), "identities": len(set(truth)), **scored}
     summary.update(
-        {"threshold": params.threshold, "graph": "knn" if len(labels) > params.knn_above else "all_pairs", "passes": estimator.n_iter_,
-         "edges": estimator.n_edges_, "seconds": round(seconds, 3)}
+        {"threshold": settings.cluster.threshold, "assign_threshold": settings.identities.assign_threshold,
+         "full_recluster": full_recluster, "lifecycle": lifecycle, "seconds": round(seconds, 3)}
     )
     return summary
 
 
 def run(photos: list[Photo], out_dir: Path, settings: Settings, *, store_url: str | None = None, input_name: str = "",
-        unreadable: Iterable[BadImageError] = (), progress: bool = True) -> dict:
+        unreadable: Iterable[BadImageError] = (), progress: bool = True, full_recluster: bool = False,
+        clock: Clock = utc_now) -> dict:
     """Ingest photos, cluster, and write ``report.json`` and ``report.html`` under out_dir.
 
     Args:
@@ -252,6 +278,9 @@ def run(photos: list[Photo], out_dir: Path, settings: Settings, *, store_url: st
         input_name: shown in the report.
         unreadable: folders that could not be listed, reported as rejected.
         progress: show progress bars.
+        full_recluster: cluster every usable face again (identity ids and names survive
+            by majority overlap) instead of assigning new faces and re-clustering the pool.
+        clock: the time now, for the re-clustering window (tests pin it).
 
     Returns:
         The summary written to ``report.json``.
@@ -267,12 +296,13 @@ def run(photos: list[Photo], out_dir: Path, settings: Settings, *, store_url: st
         ingestor._reject(log, error.path, error, None)
     ingestor.ingest(photos, log, progress=progress)
 
-    counts = store.counts()
-    if log.new or (counts["usable_faces"] and not counts["identities"]):
-        clustering = cluster_store(store, settings)
+    # The life cycle runs when faces arrived (in this run, or in a run killed before it got
+    # this far) or on request; otherwise identities stay exactly as they were.
+    if log.new or full_recluster or store.has_unseen_faces():
+        clustering = cluster_store(store, settings, clock=clock, full_recluster=full_recluster)
         changed = True
     else:
-        clustering = None  # nothing new: identities stay exactly as they were
+        clustering = None
         changed = False
     summary = report_step.build_summary(
         store=store, log=log, clustering=clustering, changed=changed, versions=component_versions(),

@@ -20,7 +20,7 @@ from components.settings import (
     load_settings,
 )
 
-SECTIONS = ("base", "detect", "embed", "cluster", "verify", "run")
+SECTIONS = ("base", "detect", "embed", "cluster", "verify", "identities", "run")
 
 
 def write(path: Path, text: str) -> Path:

@@ -271,3 +271,42 @@ def test_identities_equal_sizes_ordered_by_id(store):
     face_ids, x, groups = clustered_store(store, [3, 3])
     mapping = cluster(store, face_ids, x, groups)
     assert [item["id"] for item in store.identities()] == sorted(mapping.values())
+
+
+# -- the unknown pool and the life-cycle queries ------------------------------------------------
+
+
+def test_replace_clustering_puts_small_clusters_in_the_pool(store):
+    face_ids, x, groups = clustered_store(store, [4, 3, 1])
+    cluster(store, face_ids, x, groups)
+    assert store.pool_face_ids() == [int(face_ids[groups == 2][0])]
+    with store.session() as session:
+        from components.identities.store import PoolFaceRow
+
+        assert session.scalars(select(PoolFaceRow.reclustered)).all() == [True]
+    assert not store.has_unseen_faces()
+
+
+def test_unseen_faces_are_neither_assigned_nor_pooled(store):
+    from components.identities.store import unseen_faces
+
+    face_ids, x, groups = clustered_store(store, [2, 1])
+    assert store.has_unseen_faces()
+    with store.session() as session:
+        assert unseen_faces(session).face_ids.tolist() == face_ids.tolist()
+    cluster(store, face_ids, x, groups)
+    store.add_image("e" * 64, "late.jpg", (10, 10), [new_face(0, x[0])], "v", None)
+    with store.session() as session:
+        late = unseen_faces(session)
+    assert len(late.face_ids) == 1 and late.photo_ids is not None and store.has_unseen_faces()
+
+
+def test_photo_identities_lists_who_holds_a_face_of_each_photo(store):
+    from components.identities.store import photo_identities
+
+    face_ids, x, groups = clustered_store(store, [2, 2])
+    mapping = cluster(store, face_ids, x, groups)
+    photos = store.usable_faces().photo_ids
+    with store.session() as session:
+        held = photo_identities(session, photos.tolist() + [999])
+    assert held == {int(photo): {mapping[int(group)]} for photo, group in zip(photos, groups)}
