@@ -110,7 +110,8 @@ def algorithm_registry() -> tuple[dict[str, type], set[str], dict[str, dict[str,
     except ImportError:
         from components.cluster import ChineseWhispers
 
-        return {"chinese_whispers": ChineseWhispers}, {"chinese_whispers"}, {"chinese_whispers": _fallback_grid()}, False
+        name = "chinese_whispers"
+        return {name: ChineseWhispers}, {name}, {name: _fallback_grid()}, False
     return dict(registry.ALGORITHMS), set(registry.SCALABLE), dict(registry.CALIBRATION_GRID), True
 
 
@@ -559,6 +560,13 @@ def dlib_quality(settings: Settings, runner: Runner, root: Path, progress: bool)
     }
 
 
+def _increase(record: dict) -> float | None:
+    """Memory the fit itself added: peak minus the resident size just before it."""
+    if record.get("status") != "ok" or record.get("baseline_rss_mb") is None:
+        return None
+    return round(max(record["peak_rss_mb"] - record["baseline_rss_mb"], 0.0), 1)
+
+
 def quality_table(result: dict) -> list[dict]:
     """One flat row per (algorithm, setting, split), ours first, then dlib, then the published anchor."""
     rows = []
@@ -569,6 +577,7 @@ def quality_table(result: dict) -> list[dict]:
     for row in rows:
         flat = {k: row.get(k) for k in ("algorithm", "setting", "split", "faces", *METRIC_KEYS, "true_identities",
                                         "seconds", "peak_rss_mb", "status")}
+        flat["fit_increase_mb"] = _increase(row)
         flat["params"] = row.get("params")
         flat["chosen"] = row.get("chosen")
         table.append(flat)
@@ -696,7 +705,7 @@ def scale_table(result: dict) -> list[dict]:
         for run in entry["runs"]:
             if run["status"] == "ok":
                 row[str(run["n"])] = {"seconds": run["seconds"], "peak_rss_mb": run["peak_rss_mb"],
-                                      "bcubed_f1": run.get("bcubed_f1")}
+                                      "fit_increase_mb": _increase(run), "bcubed_f1": run.get("bcubed_f1")}
             else:
                 row[str(run["n"])] = {"status": run["status"], "peak_rss_mb": run.get("peak_rss_mb")}
         table.append(row)
@@ -771,7 +780,8 @@ def stream_table(result: dict) -> list[dict]:
     for mode, entry in result["modes"].items():
         stability = entry.get("stability") or {}
         table.append({"mode": f"stream: {mode}", "shipped_policy": entry.get("shipped_policy"),
-                      "n_identities": entry.get("n_identities"), "pool_size": entry.get("pool_size"), "pairwise_f1": entry["pairwise_f1"], "bcubed_f1": entry["bcubed_f1"],
+                      "n_identities": entry.get("n_identities"), "pool_size": entry.get("pool_size"),
+                      "pairwise_f1": entry["pairwise_f1"], "bcubed_f1": entry["bcubed_f1"],
                       "agreement_pairwise_f1": entry["agreement_with_one_shot"]["pairwise_f1"],
                       "agreement_bcubed_f1": entry["agreement_with_one_shot"]["bcubed_f1"],
                       "changed_share_mean": stability.get("changed_share_mean"),
@@ -814,13 +824,13 @@ def markdown(result: dict) -> str:
                    f"chosen by BCubed F on folds 1-5 people). Command: `{quality.get('command')}`")
         out.append("")
         header = ["Algorithm", "Setting", "Split", "Faces", "Pair P", "Pair R", "Pair F", "B³ P", "B³ R", "B³ F", "NMI",
-                  "ARI", "Acc", "Clusters", "Singletons", "Silh.", "Time s", "Peak MiB"]
+                  "ARI", "Acc", "Clusters", "Singletons", "Silh.", "Time s", "Peak MiB", "Fit +MiB"]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         for row in quality["table"]:
             if row.get("status") not in ("ok", "published"):
                 cells = [row["algorithm"], row["setting"], row["split"], _fmt(row.get("faces")),
-                         *(["–"] * 12), row.get("status", "?"), _fmt(row.get("peak_rss_mb"), 0)]
+                         *(["–"] * 12), row.get("status", "?"), _fmt(row.get("peak_rss_mb"), 0), "–"]
             else:
                 setting = row["setting"]
                 if row.get("chosen"):
@@ -832,7 +842,7 @@ def markdown(result: dict) -> str:
                 clusters = row.get("n_clusters")
                 cells.append("–" if clusters is None else f"{clusters:,} / {row.get('true_identities', 0):,}")
                 cells += [_fmt(row.get("singleton_share")), _fmt(row.get("silhouette")), _fmt(row.get("seconds"), 2),
-                          _fmt(row.get("peak_rss_mb"), 0)]
+                          _fmt(row.get("peak_rss_mb"), 0), _fmt(row.get("fit_increase_mb"), 0)]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
         edges = {name: e["chosen_at_grid_edge"] for name, e in quality.get("algorithms", {}).items()
@@ -844,7 +854,8 @@ def markdown(result: dict) -> str:
                        + "; ".join(f"{name}: {', '.join(keys)}" for name, keys in edges.items()) + ".")
         out.append(f"Published anchor: {PUBLISHED_ANCHOR['source']} (pairwise F quoted, not measured here). "
                    f"Goal on held-out people: pairwise F >= {GOALS['quality']['pairwise_f1']} and BCubed F >= "
-                   f"{GOALS['quality']['bcubed_f1']}. Clusters: found / true identities.")
+                   f"{GOALS['quality']['bcubed_f1']}. Clusters: found / true identities. Peak: the run's whole "
+                   "process (interpreter, libraries, data); Fit +MiB: what the clustering added to it.")
     scale = result.get("scale")
     if scale:
         out.append("")
@@ -903,6 +914,13 @@ def write_result(out: Path, parts: dict[str, dict], command: str, machine_info: 
     result.update({"benchmark": "cluster", "command": command,
                    "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info})
     result.update(parts)
+    # Tables are rebuilt from the stored figures, so parts run earlier show in today's layout.
+    for part, build in (("quality", quality_table), ("scale", scale_table), ("stream", stream_table)):
+        if isinstance(result.get(part), dict):
+            try:
+                result[part]["table"] = build(result[part])
+            except (KeyError, TypeError):
+                pass  # a part written by an older layout keeps its own table
     result["markdown"] = markdown(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -23,6 +23,12 @@ nearest other cluster) comes close to a(i). Dropping noise from the score
 instead would reward the tiny epsilon that keeps only the tightest pairs. A
 partition that is a single cluster has no silhouette; it scores 0, as if every
 face were alone. Ties go to the smaller epsilon.
+
+Cost: one kNN search, then per epsilon a filter, a connected-components pass and
+an O(s k d) silhouette: 13k faces with the 15-value default grid take 6 s and
++180 MB. Not in the scalable set: at a million faces the 100-neighbour search
+and 15 silhouettes against ~350k clusters would each take several minutes
+(estimated, not measured).
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ identity every split looks as good as none), and parts of a few hundred faces
 keep each DBSCAN small. An identity cut by a part boundary stays split, which
 is the price of the partition; tight identities rarely straddle k-means cells.
 
-Each part is independent, so the whole is O(N * part_size) and scales; at a
-million faces the k-means step (k ~ 2,000, mini-batch) dominates.
+Each part is independent, so the whole is O(N * part_size) plus the k-means
+step, and needs no kNN search over everything. Measured on two cores (synthetic
+face-like embeddings): 13k faces 4.6 s, 100k faces 35 s, 1M faces 10.7 minutes
+and 0.9 GB peak on a machine shared with another job (so under 10 minutes idle).
 """
 
 from __future__ import annotations

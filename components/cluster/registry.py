@@ -6,12 +6,13 @@ every face labelled), ``n_clusters_`` and ``fit_predict``.
 
 ``SCALABLE`` names the algorithms that run on a million faces on two cores
 (within ~10 minutes and 8 GB, measured at 100k and 1M on synthetic face-like
-data; see each docstring). All of them spend most of that time in the kNN
-search. Left out: k-means and GMM (O(N k) per iteration with k ~ N / 3; GMM
+data, on a machine shared with another job; see each docstring). The graph
+methods spend most of that time in the kNN search. Left out: k-means and GMM (O(N k) per iteration with k ~ N / 3; GMM
 also needs ~19 N^2 bytes), DBSCAN (its silhouette sweep is O(N k) per epsilon),
 Zhu's rank-order (many cluster-level rounds), and approximate rank-order at its
 published k = 200 (O(N k^2): 85 s at 100k, ~15-20 minutes at 1M with the
 search; with k <= 50 it would fit).
+
 ``CALIBRATION_GRID`` lists, per algorithm, the one or two hyper-parameters to
 choose on held-out identities, with candidate values around the defaults; the
 rest keep their defaults.

@@ -93,7 +93,8 @@ def test_shipped_defaults_of_chinese_whispers_come_from_params_yaml():
 
 
 def test_command_line_is_reconstructed():
-    args = SimpleNamespace(part="scale", sizes="10000,100000", algorithms="leiden,dlib", out="bench/results/cluster.json")
+    args = SimpleNamespace(part="scale", sizes="10000,100000", algorithms="leiden,dlib",
+                           out="bench/results/cluster.json")
     assert bench.command_line(args) == "faces bench cluster --part scale --sizes 10000,100000 --algorithms leiden,dlib"
     assert bench.command_line(SimpleNamespace(part="quality", sizes="1", algorithms=None,
                                               out="bench/results/cluster.json")) == "faces bench cluster --part quality"
