@@ -67,7 +67,7 @@ class IdentitiesParams:
             computed on a seeded sample of this many members.
     """
 
-    assign_threshold: float = 0.909
+    assign_threshold: float = 0.945
     recluster_every_s: float = 3600.0
     recluster_pool_size: int = 1000
     medoid_sample_above: int = 5000
