@@ -136,7 +136,7 @@ class Ingestor:
             try:
                 sha = file_sha256(photo.path)
             except BadImageError as error:
-                self._reject(log, photo.path, error, None)
+                self.reject(log, photo.path, error, None)
                 bar.update()
                 continue
             if sha in seen_in_run:
@@ -157,7 +157,8 @@ class Ingestor:
             self._process(pending, log, bar)
         bar.close()
 
-    def _reject(self, log: IngestLog, path: Path, error: BadImageError, sha: str | None) -> None:
+    def reject(self, log: IngestLog, path: Path, error: BadImageError, sha: str | None) -> None:
+        """Record a file that cannot be used: in this run's log and in the store."""
         log.rejected.append({"path": str(path), "code": error.code, "reason": error.reason})
         self.store.add_rejected(str(path), error.code, error.reason, sha)
 
@@ -169,7 +170,7 @@ class Ingestor:
             try:
                 loaded.append((photo, sha, load_image(photo.path, max_pixels=params.max_pixels)))
             except BadImageError as error:
-                self._reject(log, photo.path, error, sha)
+                self.reject(log, photo.path, error, sha)
                 bar.update()
         log.seconds["load"] += time.perf_counter() - started
         if not loaded:
@@ -293,7 +294,7 @@ def run(photos: list[Photo], out_dir: Path, settings: Settings, *, store_url: st
     ingestor = Ingestor(settings, store, out_dir, FaceDetector(settings.detect), embedder)
     log = IngestLog()
     for error in unreadable:
-        ingestor._reject(log, error.path, error, None)
+        ingestor.reject(log, error.path, error, None)
     ingestor.ingest(photos, log, progress=progress)
 
     # The life cycle runs when faces arrived (in this run, or in a run killed before it got
