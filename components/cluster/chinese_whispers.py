@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
+from sklearn.base import BaseEstimator, ClusterMixin
 
 from components.cluster.graph import similarity_graph
 from components.cluster.knn import check_embeddings, knn_graph, knn_to_csr
@@ -134,7 +135,7 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return rank[inverse.ravel()]
 
 
-class ChineseWhispers:
+class ChineseWhispers(BaseEstimator, ClusterMixin):
     """scikit-learn style Chinese Whispers over cosine similarities of embeddings.
 
     Up to ``knn_above`` faces the graph links all pairs above the threshold; beyond,

@@ -152,7 +152,9 @@ class SilhouetteDBSCAN(BaseEstimator, ClusterMixin):
         scores_: {eps: silhouette} for the whole grid.
     """
 
-    def __init__(self, eps_grid=None, min_samples: int = 2, sample_size: int = 5000, max_neighbors: int = 100, seed: int = 0):
+    def __init__(
+        self, eps_grid=None, min_samples: int = 2, sample_size: int = 5000, max_neighbors: int = 100, seed: int = 0
+    ):
         self.eps_grid = eps_grid
         self.min_samples = min_samples
         self.sample_size = sample_size

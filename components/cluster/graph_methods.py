@@ -155,6 +155,11 @@ class Infomap(_GraphBase):
     ``random.Random(seed)`` is installed for the call (and the default restored)
     so results are reproducible.
 
+    Scale (two cores, synthetic face-like embeddings, threshold 0.9): 13k faces
+    2 s, 100k faces 23 s (+0.5 GB); 1M faces 10.2 minutes and 5.4 GB peak on a
+    machine shared with another job. Infomap itself grows faster than linearly
+    (6 s at 100k, 70 s at 300k), so beyond ~1M it, not the kNN search, dominates.
+
     Args:
         k: neighbours per face.
         threshold: prune edges whose cosine similarity is below this.

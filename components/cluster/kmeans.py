@@ -158,7 +158,9 @@ class ScalableKMeans(BaseEstimator, ClusterMixin):
         self.k_ = k = self._k(X)
         centres = kmeans_parallel_init(X, k, self.oversampling, self.rounds, self.seed)
         if n > self.minibatch_above:
-            model = MiniBatchKMeans(k, init=centres, n_init=1, max_iter=self.max_iter, batch_size=4096, random_state=self.seed)
+            model = MiniBatchKMeans(
+                k, init=centres, n_init=1, max_iter=self.max_iter, batch_size=4096, random_state=self.seed
+            )
         else:
             model = KMeans(k, init=centres, n_init=1, max_iter=self.max_iter, random_state=self.seed)
         with warnings.catch_warnings():

@@ -72,7 +72,8 @@ class KMeansDBSCAN(BaseEstimator, ClusterMixin):
         X = check_embeddings(X)
         n = len(X)
         if n == 0:
-            self.labels_, self.parts_, self.eps_, self.n_clusters_ = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), 0
+            self.labels_, self.parts_ = np.empty(0, np.int64), np.empty(0, np.int64)
+            self.eps_, self.n_clusters_ = np.empty(0), 0
             return self
         k = math.ceil(n / self.part_size) if self.n_clusters == "auto" else self.n_clusters
         self.parts_ = ScalableKMeans(k, seed=self.seed).fit(X).labels_

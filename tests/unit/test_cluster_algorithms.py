@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import sparse
+from sklearn.base import clone
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import silhouette_score
 
@@ -75,7 +76,7 @@ def test_registry_is_complete_and_consistent():
     assert SCALABLE <= set(ALGORITHMS)
     assert set(CALIBRATION_GRID) == set(ALGORITHMS) == set(BLOB_PARAMS)
     for name, grid in CALIBRATION_GRID.items():
-        defaults = ALGORITHMS[name]().get_params() if hasattr(ALGORITHMS[name], "get_params") else vars(ALGORITHMS[name]())
+        defaults = clone(ALGORITHMS[name]()).get_params()  # sklearn-compatible: clone, get_params
         assert 1 <= len(grid) <= 2
         for param, values in grid.items():
             assert param in defaults, (name, param)
