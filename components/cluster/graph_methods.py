@@ -82,10 +82,10 @@ class Leiden(_GraphBase):
     Scale (two cores, synthetic face-like embeddings, threshold 0.9): 13k faces
     2 s, 100k faces 24 s (+0.3 GB). At 300k faces the Leiden step itself takes
     8 s with 2 iterations but 87 s "until stable" (-1) for the same partition
-    (also identical on LFW), hence ``n_iterations=2``. A million faces, run
-    until stable, took 18 minutes and 3.2 GB peak on a machine shared with
-    another job, about half of it the kNN search (~8 minutes there, ~5.5 idle);
-    with 2 iterations the estimate is the search plus about a minute.
+    (also identical on LFW), hence ``n_iterations=2``. A million faces took
+    9.4 minutes and 3.2 GB peak with 2 iterations (18 minutes until stable), on
+    a machine shared with another job; most of it is the kNN search (~8 minutes
+    there, ~5.5 estimated idle).
 
     Args:
         k: neighbours per face.
