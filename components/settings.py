@@ -82,6 +82,22 @@ class RunParams:
 
 
 @dataclass(frozen=True)
+class WorkflowParams:
+    """The Airflow / DVC workflow steps (components/workflow).
+
+    Attributes:
+        work_dir: default work area for batch manifests, shard outputs and crops, when
+            ``FACES_WORK_URI`` (a folder or an ``s3://bucket/prefix``) is not set.
+        shard_size: photos per detect / embed task (one mapped task each).
+        tsne_max_faces: faces drawn in the re-clustering t-SNE plot (a seeded sample above).
+    """
+
+    work_dir: Path = Path("runs/workflow")
+    shard_size: int = 64
+    tsne_max_faces: int = 2000
+
+
+@dataclass(frozen=True)
 class Settings:
     base: BaseParams = field(default_factory=BaseParams)
     detect: DetectParams = field(default_factory=DetectParams)
@@ -90,6 +106,7 @@ class Settings:
     verify: VerifyParams = field(default_factory=VerifyParams)
     identities: IdentitiesParams = field(default_factory=IdentitiesParams)
     run: RunParams = field(default_factory=RunParams)
+    workflow: WorkflowParams = field(default_factory=WorkflowParams)
 
     @property
     def model_path(self) -> Path:
@@ -126,7 +143,8 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
 
 
 _SECTIONS = {"base": BaseParams, "detect": DetectParams, "embed": EmbedParams,
-             "cluster": ClusterParams, "verify": VerifyParams, "identities": IdentitiesParams, "run": RunParams}
+             "cluster": ClusterParams, "verify": VerifyParams, "identities": IdentitiesParams, "run": RunParams,
+             "workflow": WorkflowParams}
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
