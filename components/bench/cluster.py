@@ -67,8 +67,8 @@ REPEAT_BELOW_S = 30.0
 REPEATS = 3
 #: Kill a run that goes above this resident size (the machine has 24 GiB, shared).
 MEMORY_CAP_MB = 12_000
-#: Stricter assignment thresholds tried in the stream part as a sensitivity check.
-STREAM_ASSIGN_DIAGNOSTIC = (0.93, 0.945, 0.96)
+#: Assignment thresholds tried in the stream part as a sensitivity check (0.909: the verification threshold).
+STREAM_ASSIGN_DIAGNOSTIC = (0.909, 0.93, 0.945, 0.96)
 GOALS = {
     "quality": {"split": "held_out", "pairwise_f1": 0.97, "bcubed_f1": 0.94},
     "scale": {"n": 1_000_000, "seconds": 600.0, "peak_rss_mb": 8192.0, "cores": 2},
@@ -669,10 +669,7 @@ def scale_part(settings: Settings, wanted: str | None, sizes: list[int], runner:
             "growth_exponent_requested_sizes": growth_exponent([r["n"] for r in big], [r["seconds"] for r in big]),
             "runs": rows,
         }
-        at_goal = next((r for r in rows if r["n"] == GOALS["scale"]["n"]), None)
-        if at_goal is not None:
-            entry["meets_goal_1m"] = bool(at_goal["status"] == "ok" and at_goal["seconds"] <= GOALS["scale"]["seconds"]
-                                          and at_goal["peak_rss_mb"] <= GOALS["scale"]["peak_rss_mb"])
+        entry["meets_goal_1m"] = goal_1m(rows)
         summary[name] = entry
     result = {
         "protocol": "synthetic embeddings with LFW's identity-size distribution and intra/inter-identity cosine "
@@ -697,11 +694,20 @@ def scale_part(settings: Settings, wanted: str | None, sizes: list[int], runner:
     return result
 
 
+def goal_1m(runs: list[dict]) -> bool | None:
+    """Whether the run at 1M faces met the goal (time and peak memory); None when there was none or it was skipped."""
+    run = next((r for r in runs if r["n"] == GOALS["scale"]["n"]), None)
+    if run is None or run["status"].startswith("skipped"):
+        return None
+    return bool(run["status"] == "ok" and run["seconds"] <= GOALS["scale"]["seconds"]
+                and run["peak_rss_mb"] <= GOALS["scale"]["peak_rss_mb"])
+
+
 def scale_table(result: dict) -> list[dict]:
     table = []
     for name, entry in result["algorithms"].items():
         row: dict[str, Any] = {"algorithm": name, "growth_exponent": entry["growth_exponent"],
-                               "meets_goal_1m": entry.get("meets_goal_1m")}
+                               "meets_goal_1m": goal_1m(entry["runs"])}
         for run in entry["runs"]:
             if run["status"] == "ok":
                 row[str(run["n"])] = {"seconds": run["seconds"], "peak_rss_mb": run["peak_rss_mb"],
@@ -875,10 +881,32 @@ def markdown(result: dict) -> str:
                 elif "seconds" in cell:
                     cells.append(f"{cell['seconds']:.2f} s / {cell['peak_rss_mb']:.0f}")
                 else:
-                    cells.append(cell["status"])
+                    cells.append("skipped (O(N²))" if "O(N^2)" in cell["status"] else cell["status"])
             cells += [_fmt(row["growth_exponent"], 2),
                       "not run" if row.get("meets_goal_1m") is None else _fmt(row["meets_goal_1m"])]
             out.append("| " + " | ".join(cells) + " |")
+        stats = scale.get("lfw_statistics") or {}
+        if stats.get("intra_cosine"):
+            largest = scale.get("generated", {}).get(str(max(scale["sizes"])), {})
+            made = (f"; generated at N={max(scale['sizes']):,}: intra {largest['intra_cosine']['mean']:.3f} ± "
+                    f"{largest['intra_cosine']['std']:.3f}, inter {largest['inter_cosine']['mean']:.3f} ± "
+                    f"{largest['inter_cosine']['std']:.3f}") if largest.get("intra_cosine") else ""
+            out.append("")
+            out.append(f"Synthetic data: LFW's identity sizes; cosine within an identity {stats['intra_cosine']['mean']:.3f}"
+                       f" ± {stats['intra_cosine']['std']:.3f} and between identities "
+                       f"{stats['inter_cosine']['mean']:.3f} ± {stats['inter_cosine']['std']:.3f} on LFW{made}. "
+                       "Peak MiB includes the data (float32, 488 MiB at 1M). Growth exponent: slope of log time "
+                       "against log N over every size run.")
+        out.append("")
+        out.append("BCubed F against the synthetic identities (shipped defaults; a sanity check, not the quality "
+                   "benchmark):")
+        out.append("")
+        sizes_run = [n for n in sizes if any(isinstance(r.get(n), dict) and "seconds" in r[n] for r in scale["table"])]
+        out.append("| Algorithm | " + " | ".join(f"N={int(n):,}" for n in sizes_run) + " |")
+        out.append("|" + "---|" * (len(sizes_run) + 1))
+        for row in scale["table"]:
+            cells = [_fmt((row.get(n) or {}).get("bcubed_f1"), 4) for n in sizes_run]
+            out.append(f"| {row['algorithm']} | " + " | ".join(cells) + " |")
     stream = result.get("stream")
     if stream:
         out.append("")

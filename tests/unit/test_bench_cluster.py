@@ -206,3 +206,12 @@ def test_grid_edges_flag_choices_at_either_end():
     grid = {"threshold": [0.9, 0.93, 0.96], "k": [10, 20], "mode": ["a", None]}
     assert bench.grid_edges(grid, {"threshold": 0.93, "k": 20}) == ["k"]
     assert bench.grid_edges(grid, {"threshold": 0.9, "k": 10, "mode": "a"}) == ["threshold", "k"]
+
+
+def test_goal_at_one_million_is_judged_only_where_it_ran():
+    ok = {"n": 1_000_000, "status": "ok", "seconds": 290.0, "peak_rss_mb": 2200.0}
+    assert bench.goal_1m([{"n": 10_000, "status": "ok"}, ok]) is True
+    assert bench.goal_1m([{**ok, "seconds": 700.0}]) is False
+    assert bench.goal_1m([{**ok, "status": "timeout"}]) is False
+    assert bench.goal_1m([{"n": 1_000_000, "status": "skipped: not in SCALABLE"}]) is None
+    assert bench.goal_1m([{"n": 10_000, "status": "ok"}]) is None
