@@ -98,6 +98,38 @@ class WorkflowParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """The BentoML service (serving/, components/serving).
+
+    Attributes:
+        require_api_key: refuse to start without ``FACES_API_KEY`` and answer 401 to
+            requests without the key in the ``X-API-Key`` header.
+        max_request_bytes: largest request body accepted (413 above).
+        max_pixels: largest photo, width x height, accepted (413 above; read from the header).
+        max_side: photos are shrunk to this longer side before detection and alignment.
+        max_faces: faces analysed per photo (the most confident ones).
+        max_photos: photos (or crops) per /embed request.
+        model_alias: registry alias served.
+        poll_s: seconds between checks for a newly promoted model (0: only POST /reload).
+        store_refresh_s: seconds between re-reads of the identity store's medoids.
+        batch_max_size: photos per adaptive batch of the embedder service.
+        batch_max_latency_ms: longest a request may wait in the batching queue.
+    """
+
+    require_api_key: bool = True
+    max_request_bytes: int = 16_000_000
+    max_pixels: int = 25_000_000
+    max_side: int = 2048
+    max_faces: int = 20
+    max_photos: int = 16
+    model_alias: str = "champion"
+    poll_s: float = 30.0
+    store_refresh_s: float = 10.0
+    batch_max_size: int = 32
+    batch_max_latency_ms: int = 30000
+
+
+@dataclass(frozen=True)
 class Settings:
     base: BaseParams = field(default_factory=BaseParams)
     detect: DetectParams = field(default_factory=DetectParams)
@@ -107,6 +139,7 @@ class Settings:
     identities: IdentitiesParams = field(default_factory=IdentitiesParams)
     run: RunParams = field(default_factory=RunParams)
     workflow: WorkflowParams = field(default_factory=WorkflowParams)
+    serve: ServeParams = field(default_factory=ServeParams)
 
     @property
     def model_path(self) -> Path:
@@ -131,6 +164,9 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
         if isinstance(default, Path):
             value = Path(value)
             value = value if value.is_absolute() else root / value
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"params.yaml [{cls.__name__}] {name}: expected true or false, got {value!r}")
         elif isinstance(default, int):
             number = float(value) if not isinstance(value, bool) else None
             if number is None or not number.is_integer():
@@ -144,7 +180,7 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
 
 _SECTIONS = {"base": BaseParams, "detect": DetectParams, "embed": EmbedParams,
              "cluster": ClusterParams, "verify": VerifyParams, "identities": IdentitiesParams, "run": RunParams,
-             "workflow": WorkflowParams}
+             "workflow": WorkflowParams, "serve": ServeParams}
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
