@@ -18,6 +18,7 @@ help:
 	@echo "make test-quick   the tests not marked slow or integration"
 	@echo "make bench  LFW verification benchmark (bench/results/lfw_verify.json)"
 	@echo "make lock   re-resolve requirements/lock.txt from requirements/stack.in"
+	@echo "make up     start Airflow, MLflow, BentoML and S3 on loopback (deploy/README.md); make down stops them"
 
 setup: $(STAMPS)/venv $(MODEL) $(STAMPS)/data
 
@@ -54,6 +55,13 @@ test-quick: setup
 
 bench: setup
 	$(BIN)/faces bench lfw-verify
+
+# The local stack (deploy/local/stack.py): ports, run dir and more from STACK_* variables.
+up: $(STAMPS)/venv $(MODEL)
+	$(BIN)/python deploy/local/stack.py up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python deploy/local/stack.py down; else echo "nothing running (no $(VENV))"; fi
 
 lock:
 	$(BIN)/pip install --quiet uv
