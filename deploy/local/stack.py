@@ -232,6 +232,7 @@ def client_env(config: StackConfig, keys: Mapping[str, str]) -> dict[str, str]:
         "FACES_S3_BUCKET": config.bucket,
         "FACES_WORK_URI": config.workflow_uri,
         "FACES_STORE_URL": config.identity_store_url,
+        "FACES_QUARANTINE_URI": f"s3://{config.bucket}/quarantine",
         "FACES_SERVING_URL": config.url("serving"),
         "FACES_API_KEY": keys["api_key"],
         "AIRFLOW_URL": config.url("airflow"),
