@@ -130,6 +130,68 @@ class ServeParams:
 
 
 @dataclass(frozen=True)
+class StorageParams:
+    """Object storage (components/storage): local folders by default, S3 in production.
+
+    Endpoint and keys come from the environment (S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, optional S3_REGION), never from here.
+
+    Attributes:
+        connect_timeout_s: seconds to wait for a connection to the S3 server.
+        read_timeout_s: seconds to wait for an answer (large objects stream within it).
+        retries: HTTP retries on connection errors and 5xx answers.
+    """
+
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 120.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """Great Expectations suites (components/validate) and the quarantine.
+
+    Attributes:
+        docs: when a Data Docs site is written: on_failure, always or never.
+        docs_dir: where Data Docs sites go, ``<docs_dir>/<batch id>/<suite>/``.
+        quarantine_uri: where failed batches are copied (a folder or s3://bucket/prefix);
+            ``FACES_QUARANTINE_URI`` overrides it.
+        image_min_side: smallest accepted width and height, px.
+        image_max_side: largest accepted width and height, px.
+        image_max_pixels: largest width x height (larger files are not even decoded).
+        image_formats: accepted formats, as Pillow names them.
+        face_crop_size: side of the aligned crops, px.
+        face_min_usable_share: the share of faces that must pass the detector's confidence
+            gate, and the share that must pass its blur gate.
+        face_landmark_tolerance: a landmark may lie this fraction of the box's shorter
+            side outside the box.
+        embedding_dim: dimension of the embeddings.
+        embedding_norm_tolerance: allowed distance of an embedding's L2 norm from 1.
+        embedding_decimals: vectors equal when rounded to this many decimals are duplicates.
+        cluster_min_size: smallest identity.
+        cluster_max_share: largest share of all faces one identity may hold.
+        cluster_share_min_faces: the share check applies from this many faces on.
+    """
+
+    docs: str = "on_failure"
+    docs_dir: Path = Path("runs/validation")
+    quarantine_uri: str = "runs/quarantine"
+    image_min_side: int = 20
+    image_max_side: int = 20000
+    image_max_pixels: int = 40_000_000
+    image_formats: tuple = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+    face_crop_size: int = 150
+    face_min_usable_share: float = 0.5
+    face_landmark_tolerance: float = 0.1
+    embedding_dim: int = 128
+    embedding_norm_tolerance: float = 0.001
+    embedding_decimals: int = 6
+    cluster_min_size: int = 2
+    cluster_max_share: float = 0.5
+    cluster_share_min_faces: int = 100
+
+
+@dataclass(frozen=True)
 class Settings:
     base: BaseParams = field(default_factory=BaseParams)
     detect: DetectParams = field(default_factory=DetectParams)
@@ -140,6 +202,8 @@ class Settings:
     run: RunParams = field(default_factory=RunParams)
     workflow: WorkflowParams = field(default_factory=WorkflowParams)
     serve: ServeParams = field(default_factory=ServeParams)
+    storage: StorageParams = field(default_factory=StorageParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
 
     @property
     def model_path(self) -> Path:
@@ -180,7 +244,8 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
 
 _SECTIONS = {"base": BaseParams, "detect": DetectParams, "embed": EmbedParams,
              "cluster": ClusterParams, "verify": VerifyParams, "identities": IdentitiesParams, "run": RunParams,
-             "workflow": WorkflowParams, "serve": ServeParams}
+             "workflow": WorkflowParams, "serve": ServeParams,
+             "storage": StorageParams, "validate": ValidateParams}
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

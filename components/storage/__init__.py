@@ -49,13 +49,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'components.storage' has no attribute {name!r}")
 
 
-def open_storage(uri: str | os.PathLike[str]) -> Storage:
+def open_storage(uri: str | os.PathLike[str], params=None) -> Storage:
     """The storage rooted at ``uri``.
 
     Args:
         uri: ``s3://bucket[/prefix]`` (endpoint and keys from the environment), a
             ``file://`` URI, or a local path (relative paths resolve against the
             current folder). A local folder is created on the first write.
+        params: :class:`components.settings.StorageParams` (S3 timeouts and retries);
+            default: their defaults.
 
     Returns:
         A :class:`LocalStorage` or :class:`S3Storage`.
@@ -71,7 +73,9 @@ def open_storage(uri: str | os.PathLike[str]) -> Storage:
 
         if not parts.netloc:
             raise StorageError(text, "config", "an S3 URI needs a bucket: s3://bucket[/prefix]")
-        return S3Storage(parts.netloc, unquote(parts.path))
+        tuning = {} if params is None else {"connect_timeout": params.connect_timeout_s,
+                                            "read_timeout": params.read_timeout_s, "retries": params.retries}
+        return S3Storage(parts.netloc, unquote(parts.path), **tuning)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise StorageError(text, "config", "file:// URIs must name a local path (file:///abs/path)")
