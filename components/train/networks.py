@@ -82,6 +82,10 @@ def make_network(name: str, embedding_dim: int | None = None, input_size: int = 
         "extended": extended,
         "head_channels": int(kw.get("head_channels", 256)),
         "dropout": float(kw.get("dropout", 0.2 if name.startswith("inception") else 0.0)),
+        # BN moving statistics: Keras' 0.99 suits long runs (FaceNet uses 0.995); the
+        # small net trains for tens of steps, after which 0.99 averages would still
+        # be mostly their initial values.
+        "bn_momentum": 0.9 if name == "small" else 0.99,
     }
     if name == "small":
         return _small(input_size, tuple(kw.get("widths", (16, 32, 64, 128))), head)
@@ -109,7 +113,7 @@ def _embedding_head(features, head: dict, inputs, model_name: str) -> keras.Mode
     if head["dropout"] > 0:
         x = layers.Dropout(head["dropout"], name="head_dropout")(x)
     x = layers.Dense(head["embedding_dim"], use_bias=False, name="embedding")(x)
-    x = layers.BatchNormalization(name="embedding_bn")(x)
+    x = layers.BatchNormalization(momentum=head["bn_momentum"], name="embedding_bn")(x)
     # float32 so that mixed-precision training still returns float32 unit vectors.
     outputs = layers.UnitNormalization(name="l2norm", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=model_name)
@@ -146,17 +150,16 @@ def _small(input_size: int, widths: tuple[int, ...], head: dict) -> keras.Model:
     inputs = keras.Input((input_size, input_size, 3), dtype="float32", name="rgb")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
     for i, width in enumerate(widths, start=1):
-        x = _conv_bn(x, width, 3, f"block{i}", strides=2)
+        x = _conv_bn(x, width, 3, f"block{i}", strides=2, momentum=head["bn_momentum"])
     return _embedding_head(x, head, inputs, "small")
 
 
 # --------------------------------------------------------------------------- Inception-ResNet
 
 
-def _conv_bn(x, filters, kernel, name, strides=1, padding="same", activation="relu"):
+def _conv_bn(x, filters, kernel, name, strides=1, padding="same", activation="relu", momentum=0.99):
     x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv")(x)
-    # Keras' BN momentum default (0.99) is right for long runs; FaceNet uses 0.995.
-    x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=momentum, epsilon=1e-3, name=f"{name}_bn")(x)
     return layers.Activation(activation, name=f"{name}_act")(x) if activation else x
 
 
@@ -315,10 +318,11 @@ def _dlib_resnet(input_size: int, head: dict, pretrained: bool, model_path, free
         base = build_face_recognition_net(None)
     if not head["extended"] and head["embedding_dim"] == EMBEDDING_DIM and head["dropout"] == 0.0:
         # Keep the pretrained fc + L2 norm: fine-tuning starts from the engine's embedding.
-        model = keras.Model(base.inputs, base.outputs, name="dlib_resnet")
+        # Single tensors, not lists: a list-input model warns on every bare-array call.
+        model = keras.Model(base.inputs[0], base.outputs[0], name="dlib_resnet")
     else:
         features = base.get_layer("conv256_down_out_relu").output
-        model = _embedding_head(features, head, base.inputs, "dlib_resnet")
+        model = _embedding_head(features, head, base.inputs[0], "dlib_resnet")
     freeze_dlib_stages(model, freeze_stages)
     return model
 
