@@ -137,3 +137,32 @@ def test_sync_resumes_after_a_kill_with_every_object_once_and_intact(s3_env, tmp
     for key in keys:
         assert store.get_bytes(key) == expected[key], key
     assert sync_folder(source, store, "batch-7", progress=False).uploaded == []
+
+
+def test_a_failed_s3_batch_is_validated_and_quarantined_on_s3(s3_env, tmp_path):
+    import json
+
+    from components.settings import ValidateParams
+    from components.validate import image_table, quarantine, validate_images
+
+    bucket = s3_env.new_bucket()
+    incoming = open_storage(f"s3://{bucket}/incoming/batch-3")
+    photo = next((PROJECT_ROOT / "data" / "lfw" / "images_deepfunneled" / "Aaron_Peirsol").glob("*.jpg"))
+    incoming.put_file("a.jpg", photo)
+    incoming.put_bytes("broken.jpg", photo.read_bytes()[:500])  # cut off mid-upload by a client
+    keys = list(incoming.list())
+
+    report = validate_images(image_table(keys, storage=incoming), ValidateParams(), batch_id="batch-3",
+                             docs_dir=tmp_path / "docs")
+    assert {row: checks for row, checks in report.failed_rows.items()} == {"broken.jpg": ["decodable"]}
+
+    uri = quarantine(f"s3://{bucket}/incoming/batch-3", report.message(), report=report,
+                     quarantine_uri=f"s3://{bucket}/quarantine")
+
+    area, base = open_object(uri)
+    copied = sorted(area.list(base + "/"))
+    assert f"{base}/batch/a.jpg" in copied and f"{base}/batch/broken.jpg" in copied
+    assert any(key.startswith(f"{base}/validation/images/") and key.endswith("index.html") for key in copied)
+    record = json.loads(area.get_bytes(f"{base}/QUARANTINE.json"))
+    assert record["source"] == f"s3://{bucket}/incoming/batch-3" and record["failures"][0]["row"] == "broken.jpg"
+    assert sorted(incoming.list()) == sorted(keys)  # nothing moved or deleted
