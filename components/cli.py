@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithms", help="comma-separated subset (default: all)")
     p.set_defaults(func=cmd_bench_cluster)
 
+    from components.storage.cli import add_parsers as add_storage_parsers  # upload
+    from components.validate.cli import add_parsers as add_validate_parsers  # validate
+
+    add_storage_parsers(sub)
+    add_validate_parsers(sub)
+
     p = sub.add_parser("identities", help="list, show, rename, merge, split or delete identities")
     p.add_argument("--db", help="SQLAlchemy URL of the identity store (default: sqlite in run.out_dir)")
     ops = p.add_subparsers(dest="operation", required=True)
