@@ -21,7 +21,7 @@ def cmd_validate(args, settings) -> int:
                                  docs="always" if args.docs else None)
         where = None
         if not report.success and args.quarantine:
-            where = quarantine(args.source, report.message(), report=report)
+            where = quarantine(args.source, report.message(), report=report, params=params)
     except StorageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

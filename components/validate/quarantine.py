@@ -15,14 +15,14 @@ __all__ = ["quarantine"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _quarantine_root(quarantine_uri: str | None) -> str:
+def _quarantine_root(quarantine_uri: str | None, params) -> str:
     if quarantine_uri:
         return quarantine_uri
     if os.environ.get("FACES_QUARANTINE_URI"):
         return os.environ["FACES_QUARANTINE_URI"]
     from components.settings import PROJECT_ROOT, load_settings
 
-    configured = load_settings().validate.quarantine_uri
+    configured = (params or load_settings().validate).quarantine_uri
     if urlsplit(configured).scheme in ("s3", "file") or Path(configured).is_absolute():
         return configured
     return str(PROJECT_ROOT / configured)  # relative to the project, like every path in params.yaml
@@ -46,7 +46,7 @@ def _source(batch: str | os.PathLike[str]):
 
 
 def quarantine(batch: str | os.PathLike[str], reason: str, *, failures: Sequence[dict] | None = None,
-               report=None, quarantine_uri: str | None = None, batch_id: str | None = None) -> str:
+               report=None, quarantine_uri: str | None = None, batch_id: str | None = None, params=None) -> str:
     """Copy a batch into the quarantine area with a file that says why. Nothing is deleted.
 
     The batch (a local folder or file, or an ``s3://bucket/prefix``) is copied under
@@ -64,6 +64,8 @@ def quarantine(batch: str | os.PathLike[str], reason: str, *, failures: Sequence
             ``validate.quarantine_uri`` from params.yaml (relative to the project).
         batch_id: the folder name inside the quarantine; default the batch's last path
             part plus a short hash of its full URI (two batches named alike stay apart).
+        params: :class:`components.settings.ValidateParams` giving ``quarantine_uri``;
+            default params.yaml's.
 
     Returns:
         The URI of the batch's quarantine folder.
@@ -78,7 +80,7 @@ def quarantine(batch: str | os.PathLike[str], reason: str, *, failures: Sequence
     if batch_id is None:
         name = _UNSAFE.sub("_", Path(origin.rstrip("/")).name or "batch")
         batch_id = f"{name}-{hashlib.sha256(origin.encode()).hexdigest()[:8]}"
-    target = open_storage(_quarantine_root(quarantine_uri))
+    target = open_storage(_quarantine_root(quarantine_uri, params))
     base = f"{_UNSAFE.sub('_', batch_id)}"
 
     if single is not None:
