@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage_parsers(sub)
     add_validate_parsers(sub)
 
+    from components.train.commands import add_parsers as add_training_parsers  # train, retrain
+
+    add_training_parsers(sub)
+
     p = sub.add_parser("identities", help="list, show, rename, merge, split or delete identities")
     p.add_argument("--db", help="SQLAlchemy URL of the identity store (default: sqlite in run.out_dir)")
     ops = p.add_subparsers(dest="operation", required=True)

@@ -192,6 +192,42 @@ class ValidateParams:
 
 
 @dataclass(frozen=True)
+class RetrainParams:
+    """Self-labelled retraining (components/train/retrain.py, ``faces retrain``).
+
+    Attributes:
+        min_faces: identities with fewer faces give no training labels.
+        min_cohesion: ... nor those whose members' mean cosine similarity to the medoid is lower.
+        promote_metric: held-out figure that decides promotion (``accuracy``: LFW pairs folds 6-10
+            verification accuracy; ``tar_at_far_1e-3``; ``bcubed_f1``: clustering of folds 6-10 people).
+        promote_margin: the challenger becomes champion only when it beats the champion's
+            ``promote_metric`` by at least this.
+        train_from: first block of the dlib-ResNet that is fine-tuned; the blocks below stay frozen.
+        loss: loss head (components.train.losses).
+        learning_rate: Adam step size for fine-tuning.
+        steps_per_epoch, epochs, patience: the training loop's schedule and early stopping.
+        identities_per_batch, faces_per_identity: P x K batches.
+        held_out_share: share of self-labelled identities kept out of training for early stopping.
+        stream_batches: batches the LFW stream is fed in through the identity life cycle.
+    """
+
+    min_faces: int = 5
+    min_cohesion: float = 0.9
+    promote_metric: str = "accuracy"
+    promote_margin: float = 0.002
+    train_from: str = "conv256_down"
+    loss: str = "triplet"
+    learning_rate: float = 1e-4
+    steps_per_epoch: int = 100
+    epochs: int = 8
+    patience: int = 3
+    identities_per_batch: int = 16
+    faces_per_identity: int = 4
+    held_out_share: float = 0.15
+    stream_batches: int = 20
+
+
+@dataclass(frozen=True)
 class Settings:
     base: BaseParams = field(default_factory=BaseParams)
     detect: DetectParams = field(default_factory=DetectParams)
@@ -202,6 +238,7 @@ class Settings:
     run: RunParams = field(default_factory=RunParams)
     workflow: WorkflowParams = field(default_factory=WorkflowParams)
     serve: ServeParams = field(default_factory=ServeParams)
+    retrain: RetrainParams = field(default_factory=RetrainParams)
     storage: StorageParams = field(default_factory=StorageParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
 
@@ -244,7 +281,7 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
 
 _SECTIONS = {"base": BaseParams, "detect": DetectParams, "embed": EmbedParams,
              "cluster": ClusterParams, "verify": VerifyParams, "identities": IdentitiesParams, "run": RunParams,
-             "workflow": WorkflowParams, "serve": ServeParams,
+             "workflow": WorkflowParams, "serve": ServeParams, "retrain": RetrainParams,
              "storage": StorageParams, "validate": ValidateParams}
 
 

@@ -162,7 +162,7 @@ def _safe(name: str) -> str:
 
 @contextmanager
 def start_run(experiment: str, run_name: str, params: dict | None = None, tags: dict | None = None,
-              *, nested: bool = False) -> Iterator[Any]:
+              *, nested: bool = False, run_id: str | None = None) -> Iterator[Any]:
     """Open an MLflow run that records component versions and the data version.
 
     Args:
@@ -171,6 +171,8 @@ def start_run(experiment: str, run_name: str, params: dict | None = None, tags: 
         params: logged as MLflow params; nested dicts become dotted keys.
         tags: extra run tags.
         nested: open the run inside the active one (a child run).
+        run_id: reopen this existing run instead (a training run resumed after a kill);
+            its params are already logged and are not logged again.
 
     Yields:
         The active ``mlflow.ActiveRun``; ``run.info.run_id`` identifies it. The run ends
@@ -188,10 +190,16 @@ def start_run(experiment: str, run_name: str, params: dict | None = None, tags: 
     all_tags = {"faces.data_version": data or "unknown", **{f"faces.version.{k}": v for k, v in versions.items()}}
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     try:
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested)
+        if run_id is not None:
+            run = mlflow.start_run(run_id=run_id, nested=nested)
+        else:
+            run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested)
     except MlflowException as error:
         raise TrackingError(f"MLflow at {tracking_uri()} refused a run: {error.message}") from error
     with run:
+        if run_id is not None:
+            yield run
+            return
         logged = {f"version.{k}": v for k, v in versions.items()}
         logged["data.version"] = data or "unknown"
         logged.update(flatten(params or {}))

@@ -1,0 +1,92 @@
+"""``faces train`` and ``faces retrain``: argument parsing and the thin I/O around the loop.
+
+Errors a user can fix (too little data, a damaged checkpoint or model, no champion) are
+printed as one line with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parsers(sub) -> None:
+    """Register ``train`` and ``retrain`` on the ``faces`` sub-command parser."""
+    p = sub.add_parser("train", help="train an embedder on an annotated folder <root>/<label>/*.png|jpg of aligned crops")
+    p.add_argument("--data", required=True, help="folder of aligned 150x150 crops, one sub-folder per person")
+    p.add_argument("--network", default="small", help="components.train.networks name (small, inception_resnet_v1, ...)")
+    p.add_argument("--loss", default="softmax", help="components.train.losses name (softmax, center, triplet, ...)")
+    p.add_argument("--embedding-dim", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--identities-per-batch", type=int, default=16)
+    p.add_argument("--faces-per-identity", type=int, default=4)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--held-out-share", type=float, default=0.2, help="identities held out for early stopping")
+    p.add_argument("--workdir", default="runs/train", help="checkpoints and the model; the same folder resumes")
+    p.add_argument("--alias", help="registry alias to point at the new version (e.g. challenger)")
+    p.add_argument("--no-register", action="store_true", help="do not register the model")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("retrain", help="fine-tune the champion on self-labelled identities; promote it only if it wins "
+                                       "on held-out LFW people")
+    p.add_argument("--db", help="identity store to take labels from (default: the LFW stream, people.txt folds 1-5)")
+    p.add_argument("--cycles", type=int, default=1, help="retraining cycles, each from the champion of the moment")
+    p.add_argument("--limit-people", type=int, help="LFW subset: this many stream and as many held-out people (tests)")
+    p.add_argument("--workdir", default="runs/retrain", help="per-cycle checkpoints, models and decisions")
+    p.add_argument("--out", default="runs/retrain/retrain.json",
+                   help="summary JSON (the benchmark figure: bench/results/retrain.json)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_retrain)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args, settings) -> int:
+    from components.track import TrackingError
+    from components.track.registry import set_alias
+    from components.train.data import TrainingDataError, load_folder, split_identities
+    from components.train.loop import CheckpointError, TrainConfig, train
+
+    try:
+        data = load_folder(args.data, min_faces=2)
+        data.check_trainable(min_identities=4, min_faces_per_identity=2)
+        train_rows, val_rows = split_identities(data.labels, args.held_out_share, seed=settings.base.seed)
+        config = TrainConfig(network=args.network, loss=args.loss, embedding_dim=args.embedding_dim, epochs=args.epochs,
+                             steps_per_epoch=args.steps_per_epoch, identities_per_batch=args.identities_per_batch,
+                             faces_per_identity=args.faces_per_identity, learning_rate=args.learning_rate,
+                             patience=args.patience, seed=settings.base.seed)
+        result = train(data.subset(train_rows), data.subset(val_rows), config, Path(args.workdir),
+                       register=not args.no_register, extra_params={"data": str(Path(args.data).resolve())})
+        if args.alias and result.version is not None:
+            set_alias(args.alias, result.version)
+    except (TrainingDataError, CheckpointError, TrackingError, ValueError) as error:
+        return _fail(str(error))
+    print(json.dumps({"model": str(result.model_path), "version": result.version, "steps": result.step,
+                      "best_epoch": result.best_epoch, "held_out": result.best, "run_id": result.run_id}, indent=2))
+    return 0
+
+
+def cmd_retrain(args, settings) -> int:
+    from components.track import TrackingError
+    from components.train.data import TrainingDataError
+    from components.train.retrain import RetrainError, run_cycles
+
+    if args.cycles < 1:
+        return _fail("--cycles must be at least 1")
+    command = "faces retrain " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["retrain"] else "faces retrain"
+    try:
+        summary = run_cycles(settings, Path(args.out), Path(args.workdir), cycles=args.cycles, store_url=args.db,
+                             limit_people=args.limit_people, progress=not args.no_progress, command=command)
+    except (RetrainError, TrainingDataError, TrackingError, FileNotFoundError) as error:
+        return _fail(str(error))
+    print(json.dumps({"baseline": summary["baseline"], "table": summary["table"],
+                      "final_champion_version": summary["final_champion_version"]}, indent=2, default=float))
+    print(f"written: {args.out}")
+    return 0

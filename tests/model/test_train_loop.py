@@ -1,0 +1,145 @@
+"""The training loop on real LFW crops: it learns, resumes after a kill, refuses damage.
+
+Crops come from real LFW photos through the real detector (cached under bench/cache
+after the first run). The small backbone keeps each test to seconds of training.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.settings import PROJECT_ROOT, load_settings
+from components.train.data import LabelledFaces, TrainingDataError
+from components.train.loop import CheckpointError, TrainConfig, load_keras_model, train
+
+pytestmark = pytest.mark.slow
+
+PEOPLE = ("Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "Ariel_Sharon", "Hugo_Chavez")
+LFW = PROJECT_ROOT / "data" / "lfw"
+
+
+@pytest.fixture(scope="module")
+def crops():
+    """(train, held-out) LabelledFaces: main faces of 4 + 2 LFW people, 10 photos each."""
+    from components.datasets.lfw import list_identities
+    from components.train.lfw_faces import lfw_faces
+
+    if not (LFW / "images_deepfunneled").is_dir():
+        pytest.skip("LFW not pulled (make setup)")
+    identities = list_identities(LFW)
+    paths = [path for name in PEOPLE for path in identities[name][:10]]
+    faces = lfw_faces(load_settings(), LFW, progress=False, paths=paths)
+    main = faces.is_main
+    names = faces.names[faces.photo[main]]
+    labels = np.array([PEOPLE.index(n) for n in names])
+    data = LabelledFaces(np.asarray(faces.crops[main]), labels, list(PEOPLE))
+    return data.subset(np.flatnonzero(labels < 4)), data.subset(np.flatnonzero(labels >= 4))
+
+
+CONFIG = dict(network="small", loss="softmax", identities_per_batch=4, faces_per_identity=4, learning_rate=3e-3,
+              augment=True, seed=0, tsne_faces=40)
+
+
+def test_loss_falls_and_two_identities_separate(crops, tmp_path):
+    train_data, _ = crops
+    # Validated on the training people themselves: four identities teach nothing that
+    # transfers to strangers, and the best epoch by validation is the model returned.
+    # 60 steps: fewer leave the batch-norm moving averages, which inference uses, unsettled.
+    config = TrainConfig(**{**CONFIG, "learning_rate": 1e-2, "augment": False}, steps_per_epoch=20, epochs=3, patience=5)
+    result = train(train_data, train_data, config, tmp_path, tracking=False)
+    losses = [epoch["loss"] for epoch in result.history]
+    assert result.step == 60 and len(losses) == 3
+    assert losses[-1] < losses[0] * 0.8, losses
+    model = load_keras_model(result.model_path)
+    x = model.predict(train_data.x[np.isin(train_data.labels, [0, 1])].astype(np.float32), verbose=0)
+    y = train_data.labels[np.isin(train_data.labels, [0, 1])]
+    sims = x @ x.T
+    same = (y[:, None] == y[None, :]) & ~np.eye(len(y), dtype=bool)
+    different = y[:, None] != y[None, :]
+    assert sims[same].mean() > sims[different].mean() + 0.3, (sims[same].mean(), sims[different].mean())
+
+
+def test_too_few_identities_is_refused_before_any_model_is_built(crops, tmp_path):
+    train_data, val_data = crops
+    one = train_data.subset(np.flatnonzero(train_data.labels == 0))
+    began = time.perf_counter()
+    with pytest.raises(TrainingDataError, match="too little to train on"):
+        train(one, val_data, TrainConfig(**CONFIG), tmp_path, tracking=False)
+    assert time.perf_counter() - began < 2
+    assert not (tmp_path / "checkpoints").exists()
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from components.train.data import LabelledFaces
+    from components.train.loop import TrainConfig, train
+    data = np.load(sys.argv[1])
+    make = lambda p: LabelledFaces(data[p + "_x"], data[p + "_y"], [str(k) for k in range(int(data[p + "_y"].max()) + 1)])
+    config = TrainConfig(**{CONFIG!r}, steps_per_epoch=6, epochs=3, patience=5, checkpoint_every=2)
+    result = train(make("train"), make("val"), config, sys.argv[2], tracking=False,
+                   log=lambda line: print(line, flush=True))
+    print("FINISHED", result.step, result.resumed_from, flush=True)
+""")
+
+
+def test_resume_after_kill_mid_epoch_then_refuse_a_corrupted_checkpoint(crops, tmp_path):
+    train_data, val_data = crops
+    arrays = tmp_path / "data.npz"
+    np.savez(arrays, train_x=train_data.x, train_y=train_data.labels, val_x=val_data.x, val_y=val_data.labels)
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT.replace("{CONFIG!r}", repr(CONFIG)))
+    workdir = tmp_path / "work"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    child = subprocess.Popen([sys.executable, str(script), str(arrays), str(workdir)], env=env, cwd=PROJECT_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        # Kill once the first mid-epoch checkpoint (step 2 of a 6-step epoch) is on disk.
+        while time.time() < deadline and not (workdir / "checkpoints" / "ckpt-00000002" / "MANIFEST.json").exists():
+            assert child.poll() is None, child.stdout.read()
+            time.sleep(0.05)
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    saved = sorted(int(p.name.split("-")[1]) for p in (workdir / "checkpoints").glob("ckpt-*"))
+    assert saved and saved[-1] < 18, "killed before the end"
+
+    config = TrainConfig(**CONFIG, steps_per_epoch=6, epochs=3, patience=5, checkpoint_every=2)
+    val = LabelledFaces(val_data.x, val_data.labels, ["0", "1"])
+    train_run = LabelledFaces(train_data.x, train_data.labels, [str(k) for k in range(4)])
+    lines = []
+    result = train(train_run, val, config, workdir, tracking=False, log=lines.append)
+    assert result.resumed_from == saved[-1]
+    assert lines[0].startswith(f"resumed from ckpt-{saved[-1]:08d} at step {saved[-1]}")
+    assert result.step == 18
+    assert [epoch["epoch"] for epoch in result.history] == [1, 2, 3]
+    assert [epoch["step"] for epoch in result.history] == [6, 12, 18]
+
+    # Damage the newest checkpoint: training refuses it, with a reason, and loads nothing.
+    newest = sorted((workdir / "checkpoints").glob("ckpt-*"))[-1]
+    blob = bytearray((newest / "network.npz").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (newest / "network.npz").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="network.npz is corrupted"):
+        train(train_run, val, config, workdir, tracking=False)
+
+
+def test_damaged_model_file_is_refused(tmp_path):
+    damaged = tmp_path / "model.keras"
+    damaged.write_bytes((PROJECT_ROOT / "models" / "face_recognition_net.keras").read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match="not a loadable Keras model"):
+        load_keras_model(damaged)
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load_keras_model(tmp_path / "absent.keras")
