@@ -90,8 +90,8 @@ def test_sync_resumes_after_a_kill_with_every_object_once_and_intact(s3_env, tmp
     rng = np.random.default_rng(1)
     source = tmp_path / "photos"
     expected: dict[str, bytes] = {}
-    for index in range(400):
-        size = 6 * 2**20 if index % 100 == 50 else int(rng.integers(1_000, 40_000))  # a few multipart uploads
+    for index in range(300):
+        size = 6 * 2**20 if index % 150 == 75 else int(rng.integers(1_000, 40_000))  # two multipart uploads
         data = rng.bytes(size)
         name = f"person_{index // 10:03d}/img_{index:04d}.jpg"
         (source / name).parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def test_sync_resumes_after_a_kill_with_every_object_once_and_intact(s3_env, tmp
             if len(listed) >= len(keys) // 3:
                 child.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.02)
+            time.sleep(0.05)
     finally:
         child.kill()
         child.wait(timeout=10)
