@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +31,10 @@ STACK = REPO / "deploy" / "local" / "stack.py"
 LFW = REPO / "data" / "lfw" / "images_deepfunneled"
 # Two people, three photos each: two identities' worth of faces, small enough for CI.
 PEOPLE = {"Aaron_Peirsol": 3, "Laura_Bush": 3}
+# A retraining cycle small enough for 2 cores: the LFW stream of a few people, one short epoch.
+RETRAIN_CONF = {"labels_from": "lfw", "limit_people": 10, "epochs": 1, "steps_per_epoch": 2, "min_faces": 2}
+
+SERVICES = ("s3", "mlflow", "serving", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -118,16 +123,52 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
+class MemorySampler(threading.Thread):
+    """Peak PSS per service while the tests run (the deploy/README.md table comes from this)."""
+
+    def __init__(self, config, interval_s: float = 2.0):
+        super().__init__(daemon=True)
+        self.config, self.interval_s = config, interval_s
+        self.idle: dict[str, float] = {}
+        self.peak: dict[str, float] = {}
+        self.stopping = threading.Event()
+
+    def sample(self) -> dict[str, float]:
+        return {name: stack_module.memory_mib(stack_module._service_processes(self.config, name))
+                for name in SERVICES}
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval_s):
+            for name, mib in self.sample().items():
+                self.peak[name] = max(self.peak.get(name, 0.0), mib)
+
+    def report(self) -> dict:
+        rows = {name: {"idle_pss_mib": round(self.idle.get(name, 0.0)), "peak_pss_mib": round(self.peak.get(name, 0.0))}
+                for name in SERVICES}
+        return {"services": rows, "total_idle_pss_mib": round(sum(self.idle.values())),
+                "total_peak_pss_mib": round(sum(self.peak.values()))}
+
+
 @pytest.fixture(scope="module")
 def stack(stack_env):
     """``up`` once for the module; ``down`` always, even when a test failed."""
+    sampler = None
     try:
         started = time.monotonic()
         done = run_stack("up", stack_env)
         assert done.returncode == 0, f"stack up failed:\n{done.stdout}\n{done.stderr}"
         print(f"stack up in {time.monotonic() - started:.0f} s")
-        yield Stack(stack_env)
+        running = Stack(stack_env)
+        sampler = MemorySampler(running.config)
+        sampler.idle = sampler.sample()
+        sampler.start()
+        yield running
     finally:
+        if sampler is not None:
+            sampler.stopping.set()
+            report = sampler.report()
+            (Path(stack_env["STACK_DIR"]) / "memory.json").write_text(json.dumps(report, indent=2))
+            print("memory (PSS MiB):", json.dumps(report))
         run_stack("down", stack_env, timeout=120)
 
 
@@ -155,7 +196,7 @@ def test_status_reports_memory(stack):
     proc = subprocess.run([sys.executable, str(STACK), "status", "--json"], env=stack.env, cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     rows = {row["service"]: row for row in json.loads(proc.stdout)["services"]}
-    assert set(rows) == {"s3", "mlflow", "serving", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor"}
+    assert set(rows) == set(SERVICES)
     for row in rows.values():
         assert row["running"] and row["healthy"], row
         assert row["pss_mib"] > 10, row
@@ -177,6 +218,99 @@ def test_port_taken_is_a_clear_error(stack, tmp_path):
     assert "already in use" in done.stderr
     assert "STACK_AIRFLOW_PORT" in done.stderr
     assert not (tmp_path / "other" / "pids").exists() or not any((tmp_path / "other" / "pids").iterdir())
+
+
+def trigger(stack: Stack, dag_id: str, run_id: str, conf: dict) -> None:
+    """Unpause the DAG and POST a DAG run, as the UI's Trigger button does."""
+    token = stack.airflow_token()
+    base = f"{stack.url('airflow')}/api/v2/dags/{dag_id}"
+    deadline = time.monotonic() + 90
+    while True:  # the dag-processor parses dags/ shortly after start
+        status, body = http("GET", base, token=token)
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, f"{dag_id} never appeared: {status} {body}"
+        time.sleep(2)
+    status, body = http("PATCH", base, {"is_paused": False}, token=token)
+    assert status == 200, body
+    status, body = http("POST", f"{base}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf},
+                        token=token)
+    assert status == 200, body
+
+
+def wait_for_run(stack: Stack, dag_id: str, run_id: str, timeout_s: float) -> dict:
+    """Poll the DAG run until it ends; on failure, show its task states and the failed tasks' log ends."""
+    token = stack.airflow_token()
+    url = f"{stack.url('airflow')}/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        status, body = http("GET", url, token=token)
+        assert status == 200, body
+        state = body["state"]
+        if state in ("success", "failed"):
+            break
+        time.sleep(3)
+    _, tasks = http("GET", f"{url}/taskInstances", token=token)
+    summary = {(t["task_id"], t.get("map_index")): t["state"] for t in tasks.get("task_instances", [])}
+    if state != "success":
+        logs = stack.config.airflow_home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        tails = {str(p.relative_to(logs)): p.read_text(errors="replace")[-3000:] for p in sorted(logs.rglob("*.log"))
+                 if any(s == "failed" or s == "up_for_retry" for (t, _), s in summary.items() if f"task_id={t}" in str(p))}
+        pytest.fail(f"{dag_id} run {run_id} ended {state!r}: {summary}\n" + "\n".join(f"--- {k}\n{v}" for k, v in tails.items()))
+    return summary
+
+
+def upload_batch(stack: Stack, prefix: str) -> int:
+    if not LFW.is_dir():
+        pytest.skip("LFW is not restored (make setup)")
+    client = stack.minio()
+    count = 0
+    for person, n in PEOPLE.items():
+        for photo in sorted((LFW / person).iterdir())[:n]:
+            client.fput_object(stack.config.bucket, f"{prefix}/{person}/{photo.name}", str(photo),
+                               content_type="image/jpeg")
+            count += 1
+    return count
+
+
+def test_face_ingest_triggered_through_the_rest_api(stack):
+    """Six LFW photos uploaded to the stack's S3, ingested by the running scheduler's workers."""
+    photos = upload_batch(stack, "incoming/lfw-six")
+    batch_id = "stack-lfw-six"
+    trigger(stack, "face_ingest", "ingest-lfw-six", {"batch": f"s3://{stack.config.bucket}/incoming/lfw-six",
+                                                     "batch_id": batch_id, "shard_size": 3, "folder_labels": True})
+    tasks = wait_for_run(stack, "face_ingest", "ingest-lfw-six", timeout_s=240)
+    assert sum(1 for (task, _), state in tasks.items() if task == "detect" and state == "success") == 2  # two shards
+    client = stack.mlflow()
+    experiment = client.get_experiment_by_name("face_ingest")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`faces.key` = '{batch_id}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags.get("faces.data_version")  # every run records the data version
+    assert any(key.startswith("faces.version.") for key in runs[0].data.tags)  # ... and the component versions
+    # The work area is the stack's S3: the batch's outputs are there, keyed by the batch id.
+    written = list(stack.minio().list_objects(stack.config.bucket, prefix=f"work/batches/{batch_id}/", recursive=True))
+    assert written, "no batch output in the stack's S3 work area"
+    assert photos == 6
+
+
+def test_face_retrain_triggered_through_the_rest_api(stack):
+    """One tiny retraining cycle; its run and a new model version appear in the MLflow server."""
+    client = stack.mlflow()
+    before = {int(v.version) for v in client.search_model_versions("name = 'face-embedder'")}
+    trigger(stack, "face_retrain", "retrain-tiny", RETRAIN_CONF)
+    wait_for_run(stack, "face_retrain", "retrain-tiny", timeout_s=300)
+    after = {int(v.version) for v in client.search_model_versions("name = 'face-embedder'")}
+    assert after - before, f"no new model version (before {sorted(before)}, after {sorted(after)})"
+    experiment = client.get_experiment_by_name("retrain")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert any(run.info.status == "FINISHED" for run in runs)
+    challenger = client.get_model_version_by_alias("face-embedder", "challenger")
+    assert int(challenger.version) in after - before
+    champion = client.get_model_version_by_alias("face-embedder", "champion")
+    assert int(champion.version) in after
 
 
 def test_down_stops_everything(stack_env, stack):
