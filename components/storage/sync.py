@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _join(prefix: str, relative: str) -> str:
 
 
 def sync_folder(src_dir: str | os.PathLike[str], storage: Storage, prefix: str = "", *,
-                include_hidden: bool = False, progress: bool = True) -> SyncResult:
+                include_hidden: bool = False, progress: bool = True, workers: int = 4) -> SyncResult:
     """Upload every file under ``src_dir`` to ``storage`` under ``prefix``, resuming where a previous run stopped.
 
     Keys are ``prefix/<path relative to src_dir>``. One listing of the prefix tells
@@ -61,14 +62,16 @@ def sync_folder(src_dir: str | os.PathLike[str], storage: Storage, prefix: str =
         storage: where to upload.
         prefix: key prefix for the uploaded objects.
         include_hidden: also upload names starting with ``.`` (``.DS_Store``, ...).
-        progress: show a tqdm progress bar (files, with bytes in the postfix).
+        progress: show a tqdm progress bar (files, with counts in the postfix).
+        workers: uploads in flight at once (threads; S3 round trips dominate small files).
 
     Returns:
-        What was uploaded and what was skipped.
+        What was uploaded and what was skipped, each in key order.
 
     Raises:
         NotADirectoryError: ``src_dir`` is not a folder.
-        StorageError: the storage failed (unreachable, credentials refused, ...).
+        StorageError: the storage failed (unreachable, credentials refused, ...); uploads
+            not yet started are cancelled, finished ones stay (the next run skips them).
     """
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
@@ -81,19 +84,30 @@ def sync_folder(src_dir: str | os.PathLike[str], storage: Storage, prefix: str =
             raise
         stored = {}
     result = SyncResult()
-    with tqdm(total=len(files), desc=f"upload to {storage.uri(prefix)}", unit="file",
-              disable=not progress) as bar:
-        for path in files:
-            key = _join(prefix, path.relative_to(src_dir).as_posix())
-            info = stored.get(key)
-            if info is not None and storage.same_content(key, path, info.size, info.etag):
-                result.skipped.append(key)
-            else:
-                storage.put_file(key, path)
-                result.uploaded.append(key)
-                result.bytes_uploaded += path.stat().st_size
-            bar.update()
-            bar.set_postfix(uploaded=len(result.uploaded), skipped=len(result.skipped), refresh=False)
+
+    def upload(path: Path, key: str) -> tuple[str, int, bool]:
+        info = stored.get(key)
+        if info is not None and storage.same_content(key, path, info.size, info.etag):
+            return key, 0, False
+        storage.put_file(key, path)
+        return key, path.stat().st_size, True
+
+    with tqdm(total=len(files), desc=f"upload to {storage.uri(prefix)}", unit="file", disable=not progress) as bar, \
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(upload, path, _join(prefix, path.relative_to(src_dir).as_posix())) for path in files]
+        try:
+            for future in as_completed(futures):
+                key, size, uploaded = future.result()
+                (result.uploaded if uploaded else result.skipped).append(key)
+                result.bytes_uploaded += size
+                bar.update()
+                bar.set_postfix(uploaded=len(result.uploaded), skipped=len(result.skipped), refresh=False)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    result.uploaded.sort(key=str.encode)
+    result.skipped.sort(key=str.encode)
     return result
 
 

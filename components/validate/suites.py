@@ -162,7 +162,7 @@ def validate_faces(table, params: ValidateParams | None = None, gates: DetectPar
               lambda value, row, t: f"blur score {value:.4f} is below {gates.min_blur}: blurry "
                                     f"(fewer than {share:.0%} of the batch's faces are sharp)",
               f"At least {share:.0%} of faces reach blur score {gates.min_blur}."),
-        Check("finite", _expect("ExpectColumnValuesToNotBeNull", column="confidence"),
+        Check("confidence_finite", _expect("ExpectColumnValuesToNotBeNull", column="confidence"),
               lambda value, row, t: "confidence is missing or NaN", "Every face has a confidence."),
         Check("blur_finite", _expect("ExpectColumnValuesToNotBeNull", column="blur"),
               lambda value, row, t: "blur score is missing or NaN", "Every face has a blur score."),

@@ -7,7 +7,6 @@ stopped checking something (or started flagging good rows) fails here.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import shutil
 from pathlib import Path

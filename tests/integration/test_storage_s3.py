@@ -104,7 +104,6 @@ def test_sync_resumes_after_a_kill_with_every_object_once_and_intact(s3_env, tmp
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(source), uri, "batch-7"], cwd=PROJECT_ROOT,
                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     seen_sizes_ok = True
-    listed_before_kill: list[str] = []
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and child.poll() is None:
