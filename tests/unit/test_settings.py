@@ -20,7 +20,8 @@ from components.settings import (
     load_settings,
 )
 
-SECTIONS = ("base", "detect", "embed", "cluster", "verify", "identities", "run")
+# Every section params.yaml may hold: one per field of Settings.
+SECTIONS = tuple(f.name for f in dataclasses.fields(Settings))
 
 
 def write(path: Path, text: str) -> Path:
