@@ -113,7 +113,8 @@ class ServeParams:
         poll_s: seconds between checks for a newly promoted model (0: only POST /reload).
         store_refresh_s: seconds between re-reads of the identity store's medoids.
         batch_max_size: photos per adaptive batch of the embedder service.
-        batch_max_latency_ms: longest a request may wait in the batching queue.
+        batch_max_latency_ms: BentoML sheds queued requests (drops the connection) whose estimated
+            wait exceeds this; set high so that only the request timeout bounds waiting.
     """
 
     require_api_key: bool = True
@@ -126,7 +127,7 @@ class ServeParams:
     poll_s: float = 30.0
     store_refresh_s: float = 10.0
     batch_max_size: int = 32
-    batch_max_latency_ms: int = 30000
+    batch_max_latency_ms: int = 600_000
 
 
 @dataclass(frozen=True)

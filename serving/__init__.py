@@ -1,0 +1,1 @@
+"""BentoML services of the face engine: ``bentoml serve serving.service:FaceAPI``."""
