@@ -33,12 +33,14 @@ from bentoml.validators import ContentType
 from components.serving.engine import FaceResult
 from components.serving.errors import ServingError
 from components.serving.gate import Gate, GateState
-from components.serving.requests import RouteSpec
+from components.serving.requests import RouteSpec, expected_api_key
 from components.settings import load_settings
 
 logger = logging.getLogger("faces.serving")
 
 _SERVE = load_settings().serve
+# Fail at import, in `bentoml serve` itself, rather than in a worker BentoML would restart forever.
+expected_api_key(_SERVE)
 STATE = GateState()  # shared by the FaceAPI instance and the Gate middleware of its process
 
 ROUTES = {
@@ -139,7 +141,6 @@ class FaceAPI:
 
     def __init__(self) -> None:
         from components.serving.identities import IdentityIndex
-        from components.serving.requests import expected_api_key
 
         self.settings = load_settings()
         params = self.settings.serve

@@ -268,3 +268,18 @@ def test_a_promoted_champion_is_picked_up_without_failed_requests(server):
     assert reloaded.json()["registry_version"] == server.versions["base"]
     assert reloaded.json()["model_version"] == before["model_version"]
     assert reloaded.json()["changed"] or reloaded.json()["previous"]["registry_version"] == server.versions["base"]
+
+
+def test_the_service_refuses_to_start_without_a_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from components.settings import PROJECT_ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "FACES_API_KEY"}
+    env.update(BENTOML_HOME=str(tmp_path / "bentoml"), PYTHONPATH=str(PROJECT_ROOT), BENTOML_DO_NOT_TRACK="True")
+    done = subprocess.run([sys.executable, "-m", "bentoml", "serve", "serving.service:FaceAPI", "--host", "127.0.0.1",
+                           "--port", "1"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "FACES_API_KEY is not set" in done.stderr + done.stdout
