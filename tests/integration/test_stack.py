@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 import time
 import urllib.error
 import urllib.request
@@ -299,8 +300,11 @@ def test_face_retrain_triggered_through_the_rest_api(stack):
     """One tiny retraining cycle; its run and a new model version appear in the MLflow server."""
     client = stack.mlflow()
     before = {int(v.version) for v in client.search_model_versions("name = 'face-embedder'")}
-    trigger(stack, "face_retrain", "retrain-tiny", RETRAIN_CONF)
-    wait_for_run(stack, "face_retrain", "retrain-tiny", timeout_s=300)
+    # The cycle keeps its checkpoints and outcome on local disk keyed by the DAG run id, which
+    # must therefore be new: a fixed id would find an earlier test's outcome and skip the cycle.
+    run_id = f"retrain-tiny-{uuid.uuid4().hex[:8]}"
+    trigger(stack, "face_retrain", run_id, RETRAIN_CONF)
+    wait_for_run(stack, "face_retrain", run_id, timeout_s=300)
     after = {int(v.version) for v in client.search_model_versions("name = 'face-embedder'")}
     assert after - before, f"no new model version (before {sorted(before)}, after {sorted(after)})"
     experiment = client.get_experiment_by_name("retrain")
