@@ -1,0 +1,77 @@
+"""
+### face_retrain: one self-labelled retraining cycle, promoted only when it wins
+
+Triggered from the UI (**Trigger** shows the parameters below; empty fields keep
+params.yaml's `retrain:` values) or by the asset `faces://identities`, which
+`face_recluster` updates when identities were created or grew.
+
+`retrain`: self-label (identities of the identity store, or the LFW stream) ->
+fine-tune the champion -> evaluate champion and challenger on held-out LFW people ->
+register the challenger (alias `challenger`) -> promote it to `champion` only when it
+beats the champion by `promote_margin` on `promote_metric`, else keep. Everything is
+logged to MLflow (experiment `retrain`: both models side by side). `reload_serving`
+then POSTs `/reload` to the BentoML service at `FACES_SERVING_URL` when the champion
+changed. The outcome is keyed by the DAG run: a cleared and re-run task registers no
+second model version. Steps: `components/workflow/retrain.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, dag, task
+
+IDENTITIES = Asset("faces://identities")
+
+
+def _optional(kind: str, title: str, description: str, **limits) -> Param:
+    return Param(None, type=["null", kind], title=title, description=description, **limits)
+
+
+@dag(
+    dag_id="face_retrain",
+    schedule=[IDENTITIES],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["faces", "training"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    params={
+        "labels_from": Param("store", enum=["store", "lfw"], title="Self-labels from",
+                             description="store: the identity store's identities; lfw: the LFW stream."),
+        "limit_people": _optional("integer", "LFW subset", "People per LFW split (quick checks); empty: all.",
+                                  minimum=2),
+        "epochs": _optional("integer", "Epochs", "Empty: retrain.epochs.", minimum=1),
+        "steps_per_epoch": _optional("integer", "Steps per epoch", "Empty: retrain.steps_per_epoch.", minimum=1),
+        "learning_rate": _optional("number", "Learning rate", "Empty: retrain.learning_rate.", exclusiveMinimum=0),
+        "loss": _optional("string", "Loss", "triplet, arcface, cosface, center, softmax, quadruplet; empty: retrain.loss."),
+        "train_from": _optional("string", "Fine-tune from block", "Empty: retrain.train_from."),
+        "min_faces": _optional("integer", "Faces per self-labelled identity", "Empty: retrain.min_faces.", minimum=2),
+        "promote_metric": _optional("string", "Promotion metric",
+                                    "accuracy, auc, tar_at_far_1e-3, pairwise_f1, bcubed_f1; empty: retrain.promote_metric."),
+        "promote_margin": _optional("number", "Promotion margin", "Empty: retrain.promote_margin."),
+    },
+)
+def face_retrain():
+    @task(execution_timeout=timedelta(hours=6))
+    def retrain(params=None, run_id=None) -> str:
+        from components.workflow import retrain as step
+        from components.workflow.steps import run_step
+
+        overrides = {key: params[key] for key in ("epochs", "steps_per_epoch", "learning_rate", "loss", "train_from",
+                                                  "min_faces", "promote_metric", "promote_margin")}
+        return run_step(step.retrain, run_id, overrides=overrides, labels_from=params["labels_from"],
+                        limit_people=params["limit_people"])
+
+    @task
+    def reload_serving(outcome: str) -> dict:
+        from components.workflow import retrain as step
+        from components.workflow.steps import run_step
+
+        return run_step(step.reload_serving, outcome)
+
+    reload_serving(retrain())
+
+
+face_retrain()

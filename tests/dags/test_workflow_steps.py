@@ -1,0 +1,67 @@
+"""The workflow steps themselves, without Airflow: a bad batch stops, is quarantined, loses nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from components.workflow import BatchRejected, WorkflowError
+from components.workflow import ingest
+from components.workflow import workspace as ws
+
+
+@pytest.fixture
+def workspace_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACES_WORK_URI", str(tmp_path / "work"))
+    monkeypatch.setenv("FACES_QUARANTINE_URI", str(tmp_path / "quarantine"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("FACES_STORE_URL", raising=False)
+    return tmp_path
+
+
+def test_a_batch_with_a_broken_photo_stops_names_it_and_is_quarantined(workspace_env, lfw_batch):
+    batch = workspace_env / "batch"
+    shutil.copytree(lfw_batch, batch)
+    good = sorted(batch.rglob("*.jpg"))[0]
+    broken = good.with_name("broken.jpg")
+    broken.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])  # a half-copied JPEG
+    before = sorted(p.relative_to(batch) for p in batch.rglob("*") if p.is_file())
+
+    manifest = ingest.plan(str(batch), batch_id="bad-batch", shard_size=4)
+    with pytest.raises(BatchRejected) as caught:
+        ingest.validate_images(manifest)
+
+    message = str(caught.value)
+    assert f"{broken.parent.name}/broken.jpg" in message and "decod" in message
+    assert caught.value.check == "images" and caught.value.failures
+    assert {failure["row"] for failure in caught.value.failures} == {f"{broken.parent.name}/broken.jpg"}
+    # Nothing deleted; a copy with the reason sits in quarantine.
+    assert sorted(p.relative_to(batch) for p in batch.rglob("*") if p.is_file()) == before
+    quarantined = [p for p in (workspace_env / "quarantine").rglob("*") if p.name == "broken.jpg"]
+    assert quarantined and quarantined[0].read_bytes() == broken.read_bytes()
+
+
+def test_a_rejected_batch_fails_the_airflow_task_without_retries(workspace_env):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from components.workflow.steps import run_step
+
+    empty = workspace_env / "empty"
+    empty.mkdir()
+    with pytest.raises(AirflowFailException, match="holds no photo"):
+        run_step(ingest.plan, str(empty))
+
+
+def test_shards_and_batch_ids_are_stable(workspace_env, lfw_batch):
+    keys = sorted(str(p.relative_to(lfw_batch)) for p in lfw_batch.rglob("*.jpg"))
+    assert ingest.batch_id_of(str(lfw_batch), keys) == ingest.batch_id_of(str(lfw_batch) + "/", list(reversed(keys)))
+    assert ingest.batch_id_of(str(lfw_batch), keys) != ingest.batch_id_of(str(lfw_batch), keys[:-1])
+    assert [len(part) for part in ingest.shard(keys, 4)] == [4, 2]
+    with pytest.raises(WorkflowError):
+        ingest.shard(keys, 0)
+    first = ingest.plan(str(lfw_batch), shard_size=4)
+    second = ingest.plan(str(lfw_batch), shard_size=4)
+    assert first == second and ws.read_json(first)["shards"] == ws.read_json(second)["shards"]
+    assert Path(first).parent.name == ingest.batch_id_of(str(lfw_batch), keys)
