@@ -65,3 +65,77 @@ def test_shards_and_batch_ids_are_stable(workspace_env, lfw_batch):
     second = ingest.plan(str(lfw_batch), shard_size=4)
     assert first == second and ws.read_json(first)["shards"] == ws.read_json(second)["shards"]
     assert Path(first).parent.name == ingest.batch_id_of(str(lfw_batch), keys)
+
+
+class _Reload:
+    """A loopback HTTP endpoint that records the /reload requests it receives."""
+
+    def __init__(self, status: int = 200):
+        import http.server
+        import threading
+
+        self.requests: list[dict] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                owner.requests.append({"path": self.path, "key": self.headers.get("X-API-Key")})
+                body = b'{"model_version": 7}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("decision, reloads", [("promote", 1), ("keep", 0)])
+def test_serving_is_told_to_reload_only_after_a_promotion(workspace_env, decision, reloads):
+    from components.workflow.retrain import reload_serving
+
+    outcome = ws.write_json(str(workspace_env / "outcome.json"),
+                            {"decision": {"decision": decision, "champion_before": 1,
+                                          "champion_after": 2 if decision == "promote" else 1}})
+    endpoint = _Reload()
+    try:
+        result = reload_serving(outcome, url=endpoint.url, api_key="secret")
+    finally:
+        endpoint.close()
+    assert len(endpoint.requests) == reloads and result["reloaded"] == bool(reloads)
+    if reloads:
+        assert endpoint.requests[0] == {"path": "/reload", "key": "secret"}
+        assert result["response"] == {"model_version": 7}
+
+
+def test_a_refused_reload_is_not_retried(workspace_env):
+    from components.workflow.retrain import reload_serving
+
+    outcome = ws.write_json(str(workspace_env / "outcome.json"),
+                            {"decision": {"decision": "promote", "champion_before": 1, "champion_after": 2}})
+    endpoint = _Reload(status=401)
+    try:
+        with pytest.raises(WorkflowError, match="401"):
+            reload_serving(outcome, url=endpoint.url, api_key="wrong")
+    finally:
+        endpoint.close()
+
+
+def test_retrain_overrides_are_checked(workspace_env):
+    from components.settings import load_settings
+    from components.workflow.retrain import retrain_params
+
+    settings = load_settings()
+    params = retrain_params(settings, {"epochs": "2", "learning_rate": 0.001, "loss": None, "train_from": ""})
+    assert (params.epochs, params.learning_rate, params.loss) == (2, 0.001, settings.retrain.loss)
+    with pytest.raises(WorkflowError, match="epochz"):
+        retrain_params(settings, {"epochz": 1})
