@@ -100,6 +100,12 @@ def cmd_bench_cluster_threshold(args, settings) -> int:
     return 0
 
 
+def cmd_bench_serve(args, settings) -> int:
+    from components.bench.serve import main as bench_serve_main
+
+    return bench_serve_main(args, settings)
+
+
 def cmd_bench_cluster(args, settings) -> int:
     from components.bench.cluster import main as bench_cluster_main
 
@@ -155,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="10000,100000,1000000", help="synthetic sizes for the scale part")
     p.add_argument("--algorithms", help="comma-separated subset (default: all)")
     p.set_defaults(func=cmd_bench_cluster)
+    p = bench_sub.add_parser("serve", help="the BentoML service under load (1, 8, 32 clients) beside the same work in-process")
+    p.add_argument("--out", default="bench/results/serve.json")
+    p.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds measured per level and endpoint")
+    p.set_defaults(func=cmd_bench_serve)
 
     from components.storage.cli import add_parsers as add_storage_parsers  # upload
     from components.validate.cli import add_parsers as add_validate_parsers  # validate

@@ -147,6 +147,8 @@ class Gate:
     async def _probe(self, path: str, send) -> None:
         state = self.state
         if path == "/healthz":
+            if not state.model and state.configured and state.readiness is not None:
+                await _probe_body(state)  # learn the model's name once; liveness does not depend on it
             await _send_json(send, 200, {"status": "ok", "model_version": state.model_version, **state.model})
             return
         status, body = await _probe_body(state)
