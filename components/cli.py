@@ -106,6 +106,17 @@ def cmd_bench_serve(args, settings) -> int:
     return bench_serve_main(args, settings)
 
 
+def cmd_bench_ingest(args, settings) -> int:
+    from components.bench.ingest import run_benchmark, table
+
+    result = run_benchmark(settings, out=Path(args.out), lfw_photos=args.lfw_photos, fullhd_photos=args.fullhd_photos,
+                           shard_size=args.shard_size, dag=not args.no_dag, baseline=not args.no_baseline,
+                           command="faces bench ingest " + " ".join(sys.argv[3:]))
+    print(json.dumps({"table": table(result), "thesis_load_estimate": result["thesis_load_estimate"]}, indent=2))
+    print(f"written: {args.out}")
+    return 0
+
+
 def cmd_bench_cluster(args, settings) -> int:
     from components.bench.cluster import main as bench_cluster_main
 
@@ -161,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="10000,100000,1000000", help="synthetic sizes for the scale part")
     p.add_argument("--algorithms", help="comma-separated subset (default: all)")
     p.set_defaults(func=cmd_bench_cluster)
+    p = bench_sub.add_parser("ingest", help="photos per hour through face_ingest (LFW and full-HD), step by step, DAG vs direct")
+    p.add_argument("--out", default="bench/results/ingest.json")
+    p.add_argument("--lfw-photos", type=int, default=256, help="LFW photos (250x250) in the batch")
+    p.add_argument("--fullhd-photos", type=int, default=32, help="composed 1920x1080 photos in the batch")
+    p.add_argument("--shard-size", type=int, default=64, help="photos per detect/embed task")
+    p.add_argument("--no-dag", action="store_true", help="skip the `airflow dags test` path")
+    p.add_argument("--no-baseline", action="store_true", help="skip the `faces run` baseline")
+    p.set_defaults(func=cmd_bench_ingest)
     p = bench_sub.add_parser("serve", help="the BentoML service under load (1, 8, 32 clients) beside the same work in-process")
     p.add_argument("--out", default="bench/results/serve.json")
     p.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
