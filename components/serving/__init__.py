@@ -14,6 +14,7 @@ Pure cores, each usable without BentoML:
 * :mod:`~components.serving.operations`: verify / identify / embed answers from faces;
 * :mod:`~components.serving.gate`: the ASGI middleware in front of the public service
   (key, limits, multipart checks, ``/healthz`` and ``/readyz``).
+* :mod:`~components.serving.launch`: start / stop a real ``bentoml serve`` (tests, benchmark).
 """
 
 __version__ = "1.0.0"
