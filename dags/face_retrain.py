@@ -48,6 +48,10 @@ def _optional(kind: str, title: str, description: str, **limits) -> Param:
         "loss": _optional("string", "Loss", "triplet, arcface, cosface, center, softmax, quadruplet; empty: retrain.loss."),
         "train_from": _optional("string", "Fine-tune from block", "Empty: retrain.train_from."),
         "min_faces": _optional("integer", "Faces per self-labelled identity", "Empty: retrain.min_faces.", minimum=2),
+        "identities_per_batch": _optional("integer", "Identities per batch (P)", "Empty: retrain.identities_per_batch.",
+                                          minimum=2),
+        "faces_per_identity": _optional("integer", "Faces per identity in a batch (K)",
+                                        "Empty: retrain.faces_per_identity.", minimum=2),
         "promote_metric": _optional("string", "Promotion metric",
                                     "accuracy, auc, tar_at_far_1e-3, pairwise_f1, bcubed_f1; empty: retrain.promote_metric."),
         "promote_margin": _optional("number", "Promotion margin", "Empty: retrain.promote_margin."),
@@ -60,7 +64,8 @@ def face_retrain():
         from components.workflow.steps import run_step
 
         overrides = {key: params[key] for key in ("epochs", "steps_per_epoch", "learning_rate", "loss", "train_from",
-                                                  "min_faces", "promote_metric", "promote_margin")}
+                                                  "min_faces", "identities_per_batch", "faces_per_identity",
+                                                  "promote_metric", "promote_margin")}
         return run_step(step.retrain, run_id, overrides=overrides, labels_from=params["labels_from"],
                         limit_people=params["limit_people"])
 

@@ -9,6 +9,7 @@ leave the store, the work area and MLflow exactly as the first did.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -105,3 +106,34 @@ def test_recluster_logs_metrics_and_tsne_once(ingested):
     dags_test(env, "face_recluster", RECLUSTER_DATE, {"force": True})
     assert store_rows(work) == rows
     assert len(mlflow_runs(work, "face_recluster")) == 1
+
+
+RETRAIN_DATE = "2026-01-07T00:00:00+00:00"
+# The smallest cycle that still trains: 4 + 4 LFW people, one epoch of 3 steps.
+RETRAIN_CONF = {"labels_from": "lfw", "limit_people": 4, "epochs": 1, "steps_per_epoch": 3, "min_faces": 3,
+                "identities_per_batch": 4, "faces_per_identity": 2}
+
+
+def registered_versions(work: Path) -> list[int]:
+    with sqlite3.connect(work / "mlflow" / "mlflow.db") as db:
+        return [row[0] for row in db.execute("select version from model_versions where name = 'face-embedder'")]
+
+
+@pytest.mark.skipif(os.environ.get("FACES_TEST_RETRAIN_DAG") != "1",
+                    reason="a real retraining cycle (~2 min on 2 cores) is outside tests/dags' time budget; "
+                           "FACES_TEST_RETRAIN_DAG=1 runs it")
+def test_retrain_registers_a_challenger_once(airflow_home):
+    env = airflow_home
+    work = Path(env["FACES_WORK_URI"])
+    dags_test(env, "face_retrain", RETRAIN_DATE, RETRAIN_CONF)
+    outcomes = sorted((work / "retrain").glob("*.json"))
+    assert len(outcomes) == 1
+    outcome = read_json(outcomes[0])
+    assert outcome["decision"]["decision"] in ("promote", "keep")
+    assert outcome["request"]["params"]["epochs"] == 1  # the trigger form's values reached the cycle
+    versions = registered_versions(work)
+    assert outcome["challenger"]["version"] in versions
+
+    dags_test(env, "face_retrain", RETRAIN_DATE, RETRAIN_CONF)  # cleared and re-run: no second version
+    assert registered_versions(work) == versions
+    assert sorted((work / "retrain").glob("*.json")) == outcomes
