@@ -79,9 +79,11 @@ class Embedder:
     """Detect + align + embed with the champion model, in adaptive batches (internal service)."""
 
     def __init__(self) -> None:
+        from components.serving.batching import use_greedy_batching
         from components.serving.engine import FaceEngine
         from components.serving.model import ModelHolder, ModelUnavailable
 
+        use_greedy_batching()  # no artificial hold: requests that queue behind a batch form the next one
         settings = load_settings()
         self.holder = ModelHolder(alias=settings.serve.model_alias, batch_size=settings.embed.batch_size)
         self.engine = FaceEngine(self.holder, settings.detect, settings.serve.max_faces)
