@@ -132,3 +132,16 @@ def test_model_holder_keeps_not_ready_with_the_reason_when_nothing_resolves():
     assert not holder.ready and "registry down" in holder.last_error
     with pytest.raises(ModelUnavailable, match="registry down"):
         holder.current
+
+
+def test_greedy_batching_keeps_the_cost_fit_and_drops_the_hold():
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    from components.serving.batching import use_greedy_batching
+
+    assert use_greedy_batching() and use_greedy_batching()  # idempotent
+    optimizer = Optimizer(600.0)
+    optimizer.o_stat.extend([(2, 0.2, 3.0), (4, 0.3, 2.5), (8, 0.5, 4.0)])  # (batch size, duration, wait)
+    optimizer.trigger_refresh()
+    assert optimizer.wait == 0
+    assert optimizer.o_a == pytest.approx(0.05, rel=1e-3) and optimizer.o_b == pytest.approx(0.1, rel=1e-3)
