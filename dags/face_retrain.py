@@ -59,14 +59,16 @@ def _optional(kind: str, title: str, description: str, **limits) -> Param:
 )
 def face_retrain():
     @task(execution_timeout=timedelta(hours=6))
-    def retrain(params=None, run_id=None) -> str:
+    def retrain(params=None, dag_run=None) -> str:
         from components.workflow import retrain as step
         from components.workflow.steps import run_step
 
         overrides = {key: params[key] for key in ("epochs", "steps_per_epoch", "learning_rate", "loss", "train_from",
                                                   "min_faces", "identities_per_batch", "faces_per_identity",
                                                   "promote_metric", "promote_margin")}
-        return run_step(step.retrain, run_id, overrides=overrides, labels_from=params["labels_from"],
+        # Keyed by the run's time (stable when the run is cleared; the run id is not, under `dags test`).
+        key = f"retrain-{(dag_run.logical_date or dag_run.run_after).isoformat()}"
+        return run_step(step.retrain, key, overrides=overrides, labels_from=params["labels_from"],
                         limit_people=params["limit_people"])
 
     @task
