@@ -341,7 +341,7 @@ def create_bucket(config: StackConfig, keys: Mapping[str, str]) -> Callable[[], 
 
 
 def services(config: StackConfig, keys: Mapping[str, str]) -> list[Service]:
-    """The stack, in start order (``down`` stops it in reverse)."""
+    """The stack, in start order (``down`` stops all of it at once)."""
     b = config.bin_dir
     p = config.ports
     data = config.run_dir
