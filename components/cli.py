@@ -123,6 +123,16 @@ def cmd_bench_cluster(args, settings) -> int:
     return bench_cluster_main(args, settings)
 
 
+def cmd_bench_synthetic_gradients(args, settings) -> int:
+    from components.bench.synthetic_gradients import run_benchmark
+
+    result = run_benchmark(settings, out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
+                           size=args.size, seeds=args.seeds, progress=not args.no_progress)
+    print(json.dumps(result["table"], indent=2))
+    print(f"written: {args.out}")
+    return 0
+
+
 def cmd_identities(args, settings) -> int:
     from components.identities.cli import main as identities_main
 
@@ -185,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured per level and endpoint")
     p.set_defaults(func=cmd_bench_serve)
+    p = bench_sub.add_parser("synthetic-gradients",
+                             help="small backbone on LFW crops: synthetic gradients beside back-propagation")
+    p.add_argument("--out", default="bench/results/synthetic_gradients.json")
+    p.add_argument("--steps", type=int, default=800, help="training steps per mode")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--size", type=int, default=64, help="crop side for the small backbone (crops are 150)")
+    p.add_argument("--seeds", type=int, default=2, help="repetitions with other initial weights and batch orders")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench_synthetic_gradients)
 
     from components.storage.cli import add_parsers as add_storage_parsers  # upload
     from components.validate.cli import add_parsers as add_validate_parsers  # validate
