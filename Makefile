@@ -41,7 +41,8 @@ DVC_STORE ?= /work/shared/dvc-store
 $(STAMPS)/data: data.dvc $(STAMPS)/venv
 	@if [ ! -d ../shared/dvc-store ] && [ -d "$(DVC_STORE)" ]; then \
 		$(BIN)/dvc remote modify --local shared url "$(DVC_STORE)"; fi
-	$(BIN)/dvc pull --quiet
+	@# Only the data: dvc.yaml's stage outputs are made by `dvc repro`, never pulled.
+	$(BIN)/dvc pull --quiet data.dvc
 	@touch $@
 
 demo: setup
