@@ -91,6 +91,9 @@ class LossHead(keras.layers.Layer):
     PARAMS: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, embedding_dim: int, **kwargs):
+        # float32 whatever the global policy: under mixed precision the loss, the class
+        # matrix and the centres stay full precision (no autocast of inputs or weights).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.embedding_dim = int(embedding_dim)
@@ -165,8 +168,10 @@ class CenterLoss(SoftmaxLoss):
         if lambda_ < 0:
             raise ValueError(f"center: lambda_ must be >= 0, got {lambda_}")
         self.alpha, self.lambda_ = float(alpha), float(lambda_)
+        # aggregation="mean": under MirroredStrategy each replica updates the centres from
+        # its own slice of the batch in post_step, and the replicas' results are averaged.
         self.centers = self.add_weight(name="centers", shape=(self.num_classes, self.embedding_dim),
-                                       initializer="zeros", trainable=False)
+                                       initializer="zeros", trainable=False, aggregation="mean")
 
     def center_term(self, embeddings, labels):
         """``(1 / 2m) sum_i ||x_i - c_{y_i}||^2`` (no gradient to the centres)."""

@@ -310,3 +310,19 @@ def test_bad_parameters_are_refused(name, params):
 def test_too_few_identities_is_refused():
     with pytest.raises(ValueError, match="at least 2 identities"):
         make_loss("softmax", 1, D)
+
+
+def test_heads_stay_float32_under_mixed_precision():
+    keras = pytest.importorskip("keras")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        head = make_loss("center", C, D)
+        head.kernel.assign(W.astype(np.float32))
+        head.bias.assign(B.astype(np.float32))
+        loss = head(tf.constant(X, tf.float16), tf.constant(Y))
+        assert loss.dtype == tf.float32
+        np.testing.assert_allclose(float(loss), ref_center(X.astype(np.float16).astype(np.float64), W, B, Y,
+                                                           np.zeros((C, D)), head.lambda_), rtol=1e-4)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
