@@ -290,7 +290,9 @@ def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullh
                     "note": "shared machine (other jobs running: see the load averages); absolute figures are noisy "
                             "and pessimistic"},
         "versions": {"workflow": workflow_version},
+        "params_file": os.environ.get("FACES_PARAMS") or "params.yaml",
         "params": {"shard_size": shard_size, "detect.batch_size": settings.detect.batch_size,
+                   "validate.face_landmark_tolerance": settings.validate.face_landmark_tolerance,
                    "detect.max_side": settings.detect.max_side, "embed.batch_size": settings.embed.batch_size},
         "baseline": "faces run (components/pipeline/run.py): the one-process job on the same photos",
         "results": results,
