@@ -317,7 +317,8 @@ def validate_faces(detections_uri: str, *, settings=None) -> str:
     arrays = ws.read_npz(detections_uri)
     meta = json.loads(str(arrays["meta"]))
     started = time.perf_counter()
-    table = validate.face_table_from_arrays(arrays, [photo["key"] for photo in meta["photos"]])
+    table = validate.face_table_from_arrays(arrays, [photo["key"] for photo in meta["photos"]],
+                                            landmark_tolerance=settings.validate.face_landmark_tolerance)
     report = validate.validate_faces(table, gates=settings.detect, batch_id=f"{meta['batch_id']}-{meta['shard']:05d}")
     result = {**report.to_dict(), "faces": int(len(arrays["boxes"])), "seconds": {"validate": time.perf_counter() - started}}
     ws.write_json(workspace.batch(meta["batch_id"], "validation", f"faces-{meta['shard']:05d}.json"), result)
