@@ -558,8 +558,9 @@ def _alive(process) -> bool:
 # --------------------------------------------------------------------------- commands
 
 
-def up(config: StackConfig, out=sys.stdout) -> int:
+def up(config: StackConfig, out=None) -> int:
     """Start what is not running, wait for health, print the URLs. Returns an exit status."""
+    out = out or sys.stdout
     started_at = time.monotonic()
     config.run_dir.mkdir(parents=True, exist_ok=True)
     # The run dir ignores itself, wherever it is.
@@ -661,8 +662,9 @@ def _print_urls(config: StackConfig, stack: list[Service], skipped: Mapping[str,
     print(f"logs: {config.run_dir / 'logs'}   stop: make down", file=out)
 
 
-def down(config: StackConfig, out=sys.stdout) -> int:
+def down(config: StackConfig, out=None) -> int:
     """Stop every process this run dir started (idempotent). Returns an exit status."""
+    out = out or sys.stdout
     if not config.run_dir.exists():
         print(f"nothing running (no run dir {config.run_dir})", file=out)
         return 0
@@ -695,8 +697,9 @@ def memory_mib(processes: Iterable) -> float:
     return total / 2**20
 
 
-def status(config: StackConfig, out=sys.stdout, as_json: bool = False) -> int:
+def status(config: StackConfig, out=None, as_json: bool = False) -> int:
     """Health and memory of each service; exit status 0 when everything recorded is up."""
+    out = out or sys.stdout
     keys = _secrets(config) if (config.run_dir / "secrets.json").exists() else None
     if keys is None:
         print("not started", file=out)

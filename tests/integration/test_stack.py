@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -209,6 +210,21 @@ def test_up_again_says_already_up(stack):
     assert done.returncode == 0, done.stderr
     assert "already up" in done.stdout
     assert {p.name: p.read_text() for p in (stack.config.run_dir / "pids").iterdir()} == pids
+
+
+def test_up_restarts_only_what_stopped(stack):
+    """A service that died is started again by `up`; the others keep their processes."""
+    pids = {p.name: p.read_text() for p in (stack.config.run_dir / "pids").iterdir()}
+    mlflow = json.loads(pids.pop("mlflow.json"))["pid"]
+    os.killpg(mlflow, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while stack_module._live_root(stack.config, "mlflow") is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    done = run_stack("up", stack.env, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "started: mlflow in" in done.stdout
+    assert http("GET", f"{stack.url('mlflow')}/health")[0] == 200
+    assert {p.name: p.read_text() for p in (stack.config.run_dir / "pids").iterdir() if p.name != "mlflow.json"} == pids
 
 
 def test_port_taken_is_a_clear_error(stack, tmp_path):

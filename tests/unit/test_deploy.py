@@ -156,3 +156,25 @@ def test_stack_defaults_keep_every_port_explicit(tmp_path):
     assert airflow["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:///")
     assert int(airflow["AIRFLOW__CORE__PARALLELISM"]) <= 4
+
+
+def test_a_recycled_pid_is_never_taken_for_a_service(tmp_path):
+    """`down` signals a recorded pid only if the process also has the recorded start time."""
+    import os
+
+    import psutil
+
+    config = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path)})
+    record = tmp_path / "pids" / "mlflow.json"
+    record.parent.mkdir()
+    me = psutil.Process(os.getpid())
+    record.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time() - 100}))
+    assert stack._live_root(config, "mlflow") is None
+    record.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+    assert stack._live_root(config, "mlflow").pid == me.pid
+
+
+def test_down_without_a_run_dir_is_a_no_op(tmp_path, capsys):
+    config = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path / "never-started")})
+    assert stack.down(config) == 0
+    assert "nothing running" in capsys.readouterr().out
