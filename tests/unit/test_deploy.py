@@ -105,7 +105,11 @@ def test_workers_scale_out(compose):
     env = worker["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
+    # Every PostgreSQL URL names psycopg2, the driver in the lock (SQLAlchemy 2.1 would pick psycopg 3).
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+    assert env["FACES_STORE_URL"].startswith("postgresql+psycopg2://")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] == ""  # asyncpg is not in the lock
     for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
         assert compose["services"][name]["environment"] == env, name
 
