@@ -446,9 +446,9 @@ class OfflineTripletMiner:
     x K faces) with the current network and calls ``mine(embeddings, labels)``, which
     returns index triplets into that sample. For every anchor-positive pair the
     negative is drawn at random among the semi-hard ones,
-    ``d(a, p) < d(a, n) < d(a, p) + margin``; with ``fallback_hardest`` a pair with no
-    semi-hard negative takes its hardest negative farther than p... or, if none is
-    farther, its hardest negative overall; otherwise the pair is skipped. The loop
+    ``d(a, p) < d(a, n) < d(a, p) + margin``. A pair with no semi-hard negative is
+    skipped, or with ``fallback_hardest`` takes the nearest negative farther than p
+    (the nearest negative overall when none is farther). The loop
     then trains on ``batches(triplets, triplets_per_batch)`` until the next ``due``.
 
     Args:

@@ -57,7 +57,7 @@ def make_network(name: str, embedding_dim: int | None = None, input_size: int = 
             (int 0-4): "dlib_resnet" only; see ``freeze_dlib_stages``.
 
     Returns:
-        An unbuilt-optimizer ``keras.Model`` named after the network.
+        An uncompiled ``keras.Model`` named after the network.
 
     Raises:
         ValueError: On an unknown name, an unknown or invalid option, or an input
