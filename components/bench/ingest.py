@@ -188,6 +188,8 @@ def run_dag(folder: Path, root: Path, shard_size: int, timeout_s: float) -> dict
     airflow = str(Path(sys.executable).parent / "airflow")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW__", "FACES_", "MLFLOW_"))}
     env.update(_fresh_env(root))
+    if os.environ.get("FACES_PARAMS"):  # the same parameters as the direct path
+        env["FACES_PARAMS"] = str(Path(os.environ["FACES_PARAMS"]).resolve())
     env.update({"AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "TF_CPP_MIN_LOG_LEVEL": "3"})
     (root / "airflow").mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,9 @@ def run_dag(folder: Path, root: Path, shard_size: int, timeout_s: float) -> dict
                           capture_output=True, text=True, timeout=timeout_s)
     wall = time.perf_counter() - started
     if done.returncode != 0 or "state=success" not in done.stdout + done.stderr:
-        raise RuntimeError(f"airflow dags test failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        output = done.stdout + done.stderr
+        errors = [line for line in output.splitlines() if "exc_value" in line or "Error" in line or "failed for" in line]
+        raise RuntimeError("airflow dags test failed:\n" + "\n".join(errors[:20])[:4000] + "\n" + output[-2000:])
     metrics = json.loads((root / "work" / "batches" / "bench" / "metrics.json").read_text())
     steps = _breakdown(metrics, {})
     components = sum(steps.values())
