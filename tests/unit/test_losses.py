@@ -326,3 +326,13 @@ def test_heads_stay_float32_under_mixed_precision():
                                                            np.zeros((C, D)), head.lambda_), rtol=1e-4)
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.mark.parametrize("name,params", [("softmax", {}), ("center", {"alpha": 0.3, "lambda_": 0.01}),
+                                         ("triplet", {"margin": 0.3, "mining": "hard"}), ("cosface", {"s": 16.0}),
+                                         ("arcface", {"m": 0.4}), ("quadruplet", {"margin2": 0.05})])
+def test_heads_round_trip_through_their_config(name, params):
+    head = make_loss(name, C, D, **params)
+    clone = type(head).from_config(head.get_config())
+    assert clone.get_config() == head.get_config()
+    assert [w.shape for w in clone.weights] == [w.shape for w in head.weights]
