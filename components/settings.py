@@ -218,7 +218,7 @@ class RetrainParams:
     promote_margin: float = 0.002
     train_from: str = "conv256_down"
     loss: str = "triplet"
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-5
     steps_per_epoch: int = 100
     epochs: int = 8
     patience: int = 3

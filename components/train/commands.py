@@ -39,6 +39,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--workdir", default="runs/retrain", help="per-cycle checkpoints, models and decisions")
     p.add_argument("--out", default="runs/retrain/retrain.json",
                    help="summary JSON (the benchmark figure: bench/results/retrain.json)")
+    p.add_argument("--oracle-labels", action="store_true",
+                   help="DIAGNOSTIC: fine-tune on the LFW stream's true names instead of self-labels (an upper bound)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_retrain)
 
@@ -83,7 +85,8 @@ def cmd_retrain(args, settings) -> int:
     command = "faces retrain " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["retrain"] else "faces retrain"
     try:
         summary = run_cycles(settings, Path(args.out), Path(args.workdir), cycles=args.cycles, store_url=args.db,
-                             limit_people=args.limit_people, progress=not args.no_progress, command=command)
+                             limit_people=args.limit_people, progress=not args.no_progress, command=command,
+                             oracle_labels=args.oracle_labels)
     except (RetrainError, TrainingDataError, TrackingError, FileNotFoundError) as error:
         return _fail(str(error))
     print(json.dumps({"baseline": summary["baseline"], "table": summary["table"],

@@ -113,7 +113,8 @@ class TrainResult:
     Attributes:
         model_path: the best epoch's model, ``.keras``.
         step: optimiser steps taken in all (across resumes).
-        best_epoch: epoch (1-based) of the best held-out accuracy.
+        best_epoch: epoch of the best held-out accuracy; 0 means the starting weights were
+            never beaten (and are what ``model_path`` holds).
         best: held-out verification figures at the best epoch.
         history: one dict per epoch (loss, held-out accuracy, AUC, TAR@FAR, seconds).
         stopped_early: stopped by patience rather than by the epoch limit.
@@ -131,6 +132,7 @@ class TrainResult:
     resumed_from: int | None = None
     run_id: str | None = None
     version: int | None = None
+    initial: dict | None = None
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -417,8 +419,15 @@ def train(train_data: LabelledFaces, val_data: LabelledFaces, config: TrainConfi
             network = make_network(config.network, embedding_dim=config.embedding_dim, **config.network_options)
         export_model = export_model or network
         embedding_dim = int(network.output.shape[-1])
-        head = make_loss(config.loss, num_classes=len(train_data.classes), embedding_dim=embedding_dim,
-                         **config.loss_options)
+        # The loss head computes in float32 whatever the network does: logits, margins and
+        # centres need the range (and the centre update would mix float16 and float32).
+        network_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            head = make_loss(config.loss, num_classes=len(train_data.classes), embedding_dim=embedding_dim,
+                             **config.loss_options)
+        finally:
+            keras.mixed_precision.set_global_policy(network_policy)
         optimizer = keras.optimizers.Adam(config.learning_rate)
         if mixed:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -484,6 +493,17 @@ def train(train_data: LabelledFaces, val_data: LabelledFaces, config: TrainConfi
         if run is not None:
             state["run_id"] = run.info.run_id
             import mlflow
+        if resumed_from is None:
+            # The starting weights compete as epoch 0: fine-tuning that never beats the model it
+            # started from returns that model unchanged.
+            figures, _ = held_out_figures(embed_inputs(network, val_data.x), pairs, same)
+            state["initial"], state["best"], state["best_epoch"] = figures, figures, 0
+            _save_variables(network.weights, best_weights)
+            log(f"epoch 0 (before training): held-out accuracy {figures['accuracy']:.4f}, AUC {figures['auc']:.4f}, "
+                f"TAR@FAR1e-3 {figures['tar_at_far_1e-3']:.3f}")
+            if run is not None:
+                mlflow.log_metrics({"held_out_accuracy": figures["accuracy"], "held_out_auc": figures["auc"],
+                                    "held_out_tar_at_far_1e-3": figures["tar_at_far_1e-3"]}, step=0)
         iterator = iter(dataset)
         epoch_started = time.perf_counter()
         while step < total_steps and not state["stopped_early"]:
@@ -534,7 +554,7 @@ def train(train_data: LabelledFaces, val_data: LabelledFaces, config: TrainConfi
         _atomic_save(export_model, model_path)
         (workdir / "history.json").write_text(json.dumps(state["history"], indent=1))
         result = TrainResult(model_path, step, state["best_epoch"], state["best"] or {}, state["history"],
-                             bool(state["stopped_early"]), resumed_from, state["run_id"])
+                             bool(state["stopped_early"]), resumed_from, state["run_id"], initial=state.get("initial"))
         if run is not None:
             import matplotlib.pyplot as plt
 

@@ -337,7 +337,8 @@ def _bootstrap_champion(log) -> tuple[object, int | None]:
 
 def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol: LFWProtocol | None = None,
                   store_url: str | None = None, root: Path | None = None, limit_people: int | None = None,
-                  params: RetrainParams | None = None, progress: bool = True, log=print) -> dict:
+                  params: RetrainParams | None = None, oracle_labels: bool = False, progress: bool = True,
+                  log=print) -> dict:
     """Run one retraining cycle; returns (and writes ``workdir/decision.json``) what happened.
 
     Args:
@@ -349,6 +350,9 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
         root: LFW root (default ``data/lfw``).
         limit_people: LFW subset size (tests).
         params: overrides ``settings.retrain``.
+        oracle_labels: a diagnostic, not retraining: train on the stream's TRUE names (LFW
+            folder names) instead of self-labels, to tell label noise from the limits of
+            fine-tuning itself. Never the default; the output says so.
         progress: progress bars.
         log: progress lines.
 
@@ -373,7 +377,7 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
         raise RetrainError(f"cannot load the champion: {error}") from error
     # Keyed by what the cycle starts from, never by the clock: re-running a finished cycle
     # returns its recorded outcome (no second registration); a killed one resumes.
-    workdir = Path(workdir) / f"champion-v{champion_version}-cycle-{cycle}"
+    workdir = Path(workdir) / f"champion-v{champion_version}-cycle-{cycle}{'-oracle' if oracle_labels else ''}"
     done = workdir / "decision.json"
     if done.is_file():
         log(f"cycle {cycle} from champion v{champion_version} already ran: {done}")
@@ -411,16 +415,21 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
             for flip in (False, True)], axis=1)
         quality = None
     else:
-        identity = stream_labels(stream_champion, faces.photo[protocol.stream], champion_eval["cluster_threshold"],
-                                 settings, params.stream_batches)
+        if oracle_labels:
+            _, identity = np.unique(person[protocol.stream], return_inverse=True)
+        else:
+            identity = stream_labels(stream_champion, faces.photo[protocol.stream], champion_eval["cluster_threshold"],
+                                     settings, params.stream_batches)
         chosen = select_self_labels(stream_champion, identity, faces.photo[protocol.stream], params.min_faces,
-                                    params.min_cohesion)
+                                    -1.0 if oracle_labels else params.min_cohesion)
         rows = protocol.stream[chosen.rows]
         flipped = trunk_features(trunk, faces.crops, protocol.stream, True, protocol.cache_key, progress=progress)
         pair_features = np.stack([np.asarray(stream_f)[chosen.rows], np.asarray(flipped)[chosen.rows]], axis=1)
         data = LabelledFaces(pair_features, chosen.labels, [str(k) for k in chosen.identities], faces.photo[rows],
                              rows, chosen.cannot_link)
         source = f"LFW stream (people.txt folds 1-5, {len(protocol.stream)} faces, {params.stream_batches} batches)"
+        if oracle_labels:
+            source = f"DIAGNOSTIC: TRUE folder names of the LFW stream (people.txt folds 1-5), not self-labels"
         quality = label_quality(chosen.labels, person[rows]) if len(rows) else None
     timings["labels"] = time.perf_counter() - t0
     data = LabelledFaces(pair_features, data.labels, data.classes, data.photo_ids, data.face_ids, data.cannot_link)
@@ -454,7 +463,8 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
         try:
             result = train(train_data, val_data, config, workdir / "train", network=top, export_model=champion_model,
                            augment=flip_choice, experiment=EXPERIMENT, run_name=f"cycle-{cycle}-fine-tune",
-                           version_tags={"origin": "self-labelled fine-tune", "base_version": champion_version,
+                           version_tags={"origin": "fine-tune on TRUE labels (diagnostic)" if oracle_labels
+                                         else "self-labelled fine-tune", "base_version": champion_version,
                                          "cycle": cycle}, nested=True, log=log)
         except CheckpointError as error:
             raise RetrainError(f"fine-tuning refused: {error}; the champion (version {champion_version}) is kept") from error
@@ -498,7 +508,7 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
     outcome = {
         "cycle": cycle, "decision": decision, "labels": labels_report,
         "training": {"steps": result.step, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                     "held_out_self_labels": result.best, "history": result.history, "train_faces": len(train_data),
+                     "held_out_self_labels_before": result.initial, "held_out_self_labels": result.best, "history": result.history, "train_faces": len(train_data),
                      "train_identities": len(train_data.classes), "val_identities": len(val_data.classes),
                      "trainable_params": int(sum(np.prod(v.shape) for v in top.trainable_weights))},
         "champion": {"version": champion_version, **{k: v for k, v in champion_eval.items() if k != "calibration_curve"}},
@@ -515,7 +525,7 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
 
 def run_cycles(settings: Settings, out: Path, workdir: Path, cycles: int = 1, store_url: str | None = None,
                limit_people: int | None = None, root: Path | None = None, progress: bool = True,
-               command: str = "faces retrain", log=print) -> dict:
+               command: str = "faces retrain", oracle_labels: bool = False, log=print) -> dict:
     """``faces retrain``: ``cycles`` cycles, each fine-tuning the champion of the moment; JSON to ``out``."""
     from components.datasets.lfw import LFW_ROOT_DEFAULT
     from components.track import tracking_uri
@@ -525,7 +535,8 @@ def run_cycles(settings: Settings, out: Path, workdir: Path, cycles: int = 1, st
     results = []
     for cycle in range(1, cycles + 1):
         results.append(retrain_cycle(settings, Path(workdir), cycle=cycle, protocol=protocol,
-                                     store_url=store_url, params=settings.retrain, progress=progress, log=log))
+                                     store_url=store_url, params=settings.retrain, oracle_labels=oracle_labels,
+                                     progress=progress, log=log))
     first, last = results[0], results[-1]
     summary = {
         "benchmark": "retrain",

@@ -58,9 +58,9 @@ def test_retrain_cycle_registers_a_challenger_and_records_the_decision(tmp_path,
     assert done.returncode == 0, done.stderr[-3000:]
 
     client = MlflowClient(mlflow_store)
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "1"  # the pretrained baseline
+    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 1  # the pretrained baseline
     challenger = client.get_model_version_by_alias(MODEL_NAME, "challenger")
-    assert challenger.version == "2"
+    assert int(challenger.version) == 2
     assert challenger.tags["base_version"] == "1" and challenger.tags["origin"] == "self-labelled fine-tune"
 
     summary = json.loads((tmp_path / "retrain.json").read_text())

@@ -143,3 +143,18 @@ def test_damaged_model_file_is_refused(tmp_path):
         load_keras_model(damaged)
     with pytest.raises(CheckpointError, match="no such model file"):
         load_keras_model(tmp_path / "absent.keras")
+
+
+def test_mixed_precision_path_runs_with_a_center_loss(crops, tmp_path):
+    """The GPU recipe (mixed_float16 + loss scaling) on the CPU: float16 network, float32 loss head."""
+    import keras
+
+    train_data, val_data = crops
+    config = TrainConfig(**{**CONFIG, "loss": "center"}, steps_per_epoch=3, epochs=1, mixed_precision="on")
+    try:
+        result = train(train_data, val_data, config, tmp_path, tracking=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert result.step == 3 and np.isfinite(result.history[0]["loss"])
+    model = load_keras_model(result.model_path)
+    assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
