@@ -119,10 +119,31 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
     env["STACK_DIR"] = str(run_dir)
     env["STACK_HEALTH_TIMEOUT"] = "240"
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    params = REPO / "tests" / "integration" / "stack_params.yaml"
-    if params.exists():
-        env["FACES_PARAMS"] = str(params)
+    env["FACES_PARAMS"] = str(write_params(run_dir / "params.yaml", work_dir=run_dir / "local"))
     return env
+
+
+def write_params(path: Path, work_dir: Path) -> Path:
+    """The project's parameters with every path absolute and local scratch (retrain checkpoints) in ``work_dir``.
+
+    Relative paths in a parameters file resolve against its folder, so a copy elsewhere
+    spells them out; nothing the stack's DAG tasks write lands in the repository.
+    """
+    import dataclasses
+
+    import yaml
+
+    from components.settings import load_settings
+
+    settings = load_settings(REPO / "params.yaml")
+    sections = {f.name: {key: str(value) if isinstance(value, Path) else value
+                         for key, value in dataclasses.asdict(getattr(settings, f.name)).items()}
+                for f in dataclasses.fields(settings)}
+    sections["workflow"]["work_dir"] = str(work_dir)
+    sections["validate"]["docs_dir"] = str(work_dir / "validation")
+    sections["run"]["out_dir"] = str(work_dir / "demo")
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
 
 
 class MemorySampler(threading.Thread):
