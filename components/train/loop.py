@@ -366,7 +366,8 @@ def train(train_data: LabelledFaces, val_data: LabelledFaces, config: TrainConfi
           network=None, export_model=None, augment: bool | Callable | None = None, experiment: str = "train",
           run_name: str | None = None, tracking: bool = True, register: bool = True, version_tags: dict | None = None,
           extra_params: dict | None = None, stop_after_steps: int | None = None, nested: bool = False,
-          on_step: Callable[[int, float], None] | None = None, log: Callable[[str], None] = print) -> TrainResult:
+          on_step: Callable[[int, float], None] | None = None, strategy=None,
+          log: Callable[[str], None] = print) -> TrainResult:
     """Train (or fine-tune) an embedder; resumes from ``workdir`` when a checkpoint is there.
 
     Args:
@@ -389,6 +390,8 @@ def train(train_data: LabelledFaces, val_data: LabelledFaces, config: TrainConfi
             steps were taken in all; for tests of resuming.
         nested: open the MLflow run as a child of the active one (a retraining cycle's).
         on_step: called with (step, loss) after every step (throughput measurements).
+        strategy: a ``tf.distribute`` strategy instead of the automatic choice (tests run
+            ``MirroredStrategy`` over two logical CPUs, the GPU code path without a GPU).
         log: progress lines.
 
     Returns:
@@ -412,7 +415,8 @@ def train(train_data: LabelledFaces, val_data: LabelledFaces, config: TrainConfi
     from components.train.losses import make_loss
     from components.train.networks import make_network
 
-    strategy, mixed = device_setup(config.mixed_precision)
+    chosen_strategy, mixed = device_setup(config.mixed_precision)
+    strategy = strategy or chosen_strategy
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         if network is None:

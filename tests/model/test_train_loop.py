@@ -158,3 +158,92 @@ def test_mixed_precision_path_runs_with_a_center_loss(crops, tmp_path):
     assert result.step == 3 and np.isfinite(result.history[0]["loss"])
     model = load_keras_model(result.model_path)
     assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import sys
+    import tempfile
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from components.train.data import LabelledFaces
+    from components.train.loop import TrainConfig, train
+    data = np.load(sys.argv[1])
+    make = lambda p: LabelledFaces(data[p + "_x"], data[p + "_y"], [str(k) for k in range(int(data[p + "_y"].max()) + 1)])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    config = TrainConfig(network="small", loss="center", identities_per_batch=4, faces_per_identity=2,
+                         steps_per_epoch=3, epochs=1, tsne_faces=10)
+    result = train(make("train"), make("val"), config, tempfile.mkdtemp(), tracking=False, strategy=strategy)
+    print("REPLICAS", strategy.num_replicas_in_sync, "STEPS", result.step, "LOSS", result.history[0]["loss"])
+""")
+
+
+def test_mirrored_strategy_path_over_two_logical_cpus(crops, tmp_path):
+    """The multi-GPU code path (per-replica step, all-reduce, centre update per replica) without a GPU."""
+    train_data, val_data = crops
+    arrays = tmp_path / "data.npz"
+    np.savez(arrays, train_x=train_data.x, train_y=train_data.labels, val_x=val_data.x, val_y=val_data.labels)
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, str(script), str(arrays)], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("REPLICAS"))
+    _, replicas, _, steps, _, loss = line.split()
+    assert (replicas, steps) == ("2", "3") and np.isfinite(float(loss))
+
+
+def test_self_labels_from_a_real_identity_store(crops, tmp_path):
+    """Store -> life cycle -> identities -> from_store: crops, labels, cannot-link from a shared photo."""
+    from PIL import Image
+
+    from components.embed import Embedder
+    from components.identities import IdentityStore, NewFace
+    from components.identities.lifecycle import update_identities
+    from components.train.data import from_store
+
+    train_data, _ = crops
+    settings = load_settings()
+    embedder = Embedder(settings.model_path)
+    vectors = embedder.embed(train_data.x)
+    store = IdentityStore(f"sqlite:///{tmp_path / 'faces.db'}")
+
+    def face(row, index):
+        path = tmp_path / f"crop_{row}.png"
+        Image.fromarray(train_data.x[row]).save(path)
+        return NewFace(index, (0.0, 0.0, 100.0, 100.0), np.zeros((5, 2)), 0.99, 1.0, [], vectors[row],
+                       embedder.version, str(path), train_data.classes[train_data.labels[row]])
+
+    first_a = int(np.flatnonzero(train_data.labels == 0)[0])
+    first_b = int(np.flatnonzero(train_data.labels == 1)[0])
+    # Two people in one photo: a cannot-link pair.
+    store.add_image("shared", "shared.jpg", (250, 250), [face(first_a, 0), face(first_b, 1)], "test", None)
+    for row in range(len(train_data)):
+        if row not in (first_a, first_b):
+            store.add_image(f"photo{row}", f"{row}.jpg", (250, 250), [face(row, 0)], "test", None)
+    update_identities(store, settings, force_pool=True)
+
+    data, chosen = from_store(store, min_faces=3, min_cohesion=0.8)
+    assert len(data.classes) >= 3 and data.x.shape[1:] == (150, 150, 3)
+    truth = np.array([train_data.labels[int(Path(p).stem.split("_")[1])] for p in
+                      [store_path for store_path in _crop_paths(store, data.face_ids)]])
+    for label in np.unique(data.labels):  # each self-labelled identity is (nearly) one person
+        values, counts = np.unique(truth[data.labels == label], return_counts=True)
+        assert counts.max() / counts.sum() >= 0.8
+    kept_rows = {int(Path(p).stem.split("_")[1]) for p in _crop_paths(store, data.face_ids)}
+    assert {first_a, first_b} <= kept_rows, "both faces of the shared photo carry labels"
+    assert len(data.cannot_link) == 1
+    for a, b in data.cannot_link:
+        assert data.labels[a] != data.labels[b] and data.photo_ids[a] == data.photo_ids[b]
+
+
+def _crop_paths(store, face_ids):
+    from sqlalchemy import select
+
+    from components.identities import store as db
+
+    with store.session() as session:
+        paths = dict(session.execute(select(db.FaceRow.id, db.FaceRow.crop_path)).all())
+    return [paths[int(face_id)] for face_id in face_ids]
