@@ -166,6 +166,8 @@ class ValidateParams:
             gate, and the share that must pass its blur gate.
         face_landmark_tolerance: a landmark may lie this fraction of the box's shorter
             side outside the box.
+        face_landmarks_inside_share: the share of faces whose landmarks must lie inside the
+            box; MTCNN puts a landmark outside on some tilted faces, so a few are normal.
         embedding_dim: dimension of the embeddings.
         embedding_norm_tolerance: allowed distance of an embedding's L2 norm from 1.
         embedding_decimals: vectors equal when rounded to this many decimals are duplicates.
@@ -184,6 +186,7 @@ class ValidateParams:
     face_crop_size: int = 150
     face_min_usable_share: float = 0.5
     face_landmark_tolerance: float = 0.1
+    face_landmarks_inside_share: float = 0.95
     embedding_dim: int = 128
     embedding_norm_tolerance: float = 0.001
     embedding_decimals: int = 6

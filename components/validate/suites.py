@@ -146,8 +146,10 @@ def validate_faces(table, params: ValidateParams | None = None, gates: DetectPar
               lambda value, row, t: f"face box width {value} is not positive", "Face boxes have a positive width."),
         Check("box_height", _expect("ExpectColumnValuesToBeBetween", column="box_h", min_value=0, strict_min=True),
               lambda value, row, t: f"face box height {value} is not positive", "Face boxes have a positive height."),
-        Check("landmarks_inside", _expect("ExpectColumnValuesToBeInSet", column="landmarks_inside", value_set=[True]),
-              outside, f"The five landmarks lie inside the box (tolerance {p.face_landmark_tolerance:.0%} of its side)."),
+        Check("landmarks_inside", _expect("ExpectColumnValuesToBeInSet", column="landmarks_inside", value_set=[True],
+                                          mostly=p.face_landmarks_inside_share),
+              outside, f"The five landmarks lie inside the box (tolerance {p.face_landmark_tolerance:.0%} of its side) "
+                       f"for at least {p.face_landmarks_inside_share:.0%} of the faces."),
         Check("confidence_range", _expect("ExpectColumnValuesToBeBetween", column="confidence", min_value=0,
                                           max_value=1),
               lambda value, row, t: f"confidence {value} is outside [0, 1]", "Detector confidence lies in [0, 1]."),

@@ -127,6 +127,17 @@ def test_broken_faces_are_named_with_the_reason():
     assert reasons[("b#0", "landmarks_inside")] == "a landmark lies 30% of the box size outside the box"
 
 
+def test_a_tilted_face_with_a_landmark_outside_its_box_does_not_stop_a_batch():
+    tilted = LANDMARKS.copy()
+    tilted[4] = [65, 125]  # MTCNN on a tilted face: a mouth corner 25% below the box
+    faces = [[make_face()] for _ in range(29)] + [[make_face(landmarks=tilted)]]
+    keys = [f"p{i}" for i in range(30)]
+    assert validate_faces(face_table(faces, keys), PARAMS, DetectParams()).success
+    many = [[make_face(landmarks=tilted)] for _ in range(3)] + faces[:27]
+    assert failed(validate_faces(face_table(many, keys), PARAMS, DetectParams())) == {
+        f"p{i}#0": ["landmarks_inside"] for i in range(3)}
+
+
 def test_a_batch_of_mostly_blurry_faces_fails_and_lists_them():
     faces = [[make_face(blur=0.001)], [make_face(blur=0.002)], [make_face()]]
     report = validate_faces(face_table(faces, ["a", "b", "c"]), PARAMS, DetectParams(min_blur=0.005))
