@@ -46,7 +46,7 @@ fi
 
 export STEPS WARMUP BATCH_IDS FACES_PER_ID LOSS DATA TF_CPP_MIN_LOG_LEVEL=2
 "$PY" - <<'PYTRAIN'
-import json, os, platform, subprocess, tempfile, time
+import json, os, platform, shutil, subprocess, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +94,7 @@ for i, gpu in enumerate(tf.config.list_physical_devices("GPU")):
     info = tf.config.experimental.get_memory_info(f"GPU:{i}")
     memory[f"GPU:{i}"] = {"peak_gib": round(info["peak"] / 2**30, 2), "current_gib": round(info["current"] / 2**30, 2)}
 smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used,memory.total", "--format=csv,noheader"],
-                     capture_output=True, text=True).stdout.strip()
+                     capture_output=True, text=True).stdout.strip() if shutil.which("nvidia-smi") else None
 out = {"benchmark": "gpu-train", "command": "bash bench/gpu_train.sh", "network": "inception_resnet_v1",
        "loss": os.environ["LOSS"], "data": os.environ["DATA"], "mixed_precision": True,
        "replicas": len(tf.config.list_physical_devices("GPU")) or 1, "batch": p * k, "timed_steps": len(timed) - 1,

@@ -45,6 +45,11 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_retrain)
 
 
+def _progress(line: str) -> None:
+    """Progress goes to stderr: stdout carries only the JSON result."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -65,7 +70,8 @@ def cmd_train(args, settings) -> int:
                              faces_per_identity=args.faces_per_identity, learning_rate=args.learning_rate,
                              patience=args.patience, seed=settings.base.seed)
         result = train(data.subset(train_rows), data.subset(val_rows), config, Path(args.workdir),
-                       register=not args.no_register, extra_params={"data": str(Path(args.data).resolve())})
+                       register=not args.no_register, extra_params={"data": str(Path(args.data).resolve())},
+                       log=_progress)
         if args.alias and result.version is not None:
             set_alias(args.alias, result.version)
     except (TrainingDataError, CheckpointError, TrackingError, ValueError) as error:
@@ -86,7 +92,7 @@ def cmd_retrain(args, settings) -> int:
     try:
         summary = run_cycles(settings, Path(args.out), Path(args.workdir), cycles=args.cycles, store_url=args.db,
                              limit_people=args.limit_people, progress=not args.no_progress, command=command,
-                             oracle_labels=args.oracle_labels)
+                             oracle_labels=args.oracle_labels, log=_progress)
     except (RetrainError, TrainingDataError, TrackingError, FileNotFoundError) as error:
         return _fail(str(error))
     print(json.dumps({"baseline": summary["baseline"], "table": summary["table"],

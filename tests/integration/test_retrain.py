@@ -57,7 +57,7 @@ def test_retrain_cycle_registers_a_challenger_and_records_the_decision(tmp_path,
     done = _faces(args, tmp_path, mlflow_store)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    client = MlflowClient(mlflow_store)
+    client = MlflowClient(tracking_uri=mlflow_store, registry_uri=mlflow_store)
     assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 1  # the pretrained baseline
     challenger = client.get_model_version_by_alias(MODEL_NAME, "challenger")
     assert int(challenger.version) == 2

@@ -247,3 +247,39 @@ def _crop_paths(store, face_ids):
     with store.session() as session:
         paths = dict(session.execute(select(db.FaceRow.id, db.FaceRow.crop_path)).all())
     return [paths[int(face_id)] for face_id in face_ids]
+
+
+def test_faces_train_on_an_annotated_folder_registers_a_version(crops, tmp_path, monkeypatch, capsys):
+    """`faces train --data <root>/<label>/*.png`, in-process, against a real MLflow store."""
+    import json
+
+    from PIL import Image
+
+    from components.cli import main
+    from components.track import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    train_data, val_data = crops
+    root = tmp_path / "annotated"
+    for data in (train_data, val_data):
+        for row, label in enumerate(data.labels):
+            folder = root / data.classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data.x[row]).save(folder / f"{row}.png")
+    (root / "Lonely_Person").mkdir()
+    Image.fromarray(train_data.x[0]).save(root / "Lonely_Person" / "0.png")  # one crop: left out
+
+    code = main(["train", "--data", str(root), "--epochs", "1", "--steps-per-epoch", "3", "--identities-per-batch", "4",
+                 "--faces-per-identity", "2", "--held-out-share", "0.34", "--workdir", str(tmp_path / "work"),
+                 "--alias", "challenger"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["version"] == 1 and printed["steps"] == 3
+    assert registry.resolve("challenger").version == 1
+
+    two = tmp_path / "two"
+    for name in ("a", "b"):
+        (two / name).mkdir(parents=True)
+        Image.fromarray(train_data.x[0]).save(two / name / "0.png")
+    assert main(["train", "--data", str(two), "--workdir", str(tmp_path / "work2")]) == 2
+    assert "too little to train on" in capsys.readouterr().err
