@@ -226,12 +226,28 @@ def select_self_labels(embeddings: np.ndarray, identity: np.ndarray, photo_ids: 
     return SelfLabels(rows.astype(np.int64), labels.astype(np.int64), identities, cohesion, links, dropped)
 
 
-def from_store(store, min_faces: int, min_cohesion: float) -> tuple[LabelledFaces, SelfLabels]:
+def default_crops_root(url: str) -> Path | None:
+    """Where a store's relative crop paths start: ``$FACES_CROPS_ROOT``, else a SQLite file's folder.
+
+    ``faces run`` stores crop paths relative to its output folder, where the SQLite store lives too.
+    """
+    import os
+
+    if os.environ.get("FACES_CROPS_ROOT"):
+        return Path(os.environ["FACES_CROPS_ROOT"])
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):]).resolve().parent
+    return None
+
+
+def from_store(store, min_faces: int, min_cohesion: float, crops_root: str | Path | None = None
+               ) -> tuple[LabelledFaces, SelfLabels]:
     """Self-labelled training data from an identity store: its identities' crops.
 
     Args:
         store: :class:`components.identities.IdentityStore`.
         min_faces, min_cohesion: see :func:`select_self_labels`.
+        crops_root: where relative crop paths start (default :func:`default_crops_root`).
 
     Returns:
         The crops with dense labels (classes are identity ids), and the selection report.
@@ -262,7 +278,14 @@ def from_store(store, min_faces: int, min_cohesion: float) -> tuple[LabelledFace
         path = rows[row].crop_path
         if not path:
             raise TrainingDataError(f"face {rows[row].id} has no crop file; re-run `faces run` to write crops")
-        crops.append(read_crop(Path(path)))
+        path = Path(path)
+        if not path.is_absolute():
+            root = Path(crops_root) if crops_root else default_crops_root(store.url)
+            if root is None:
+                raise TrainingDataError(f"face {rows[row].id}: crop path {path} is relative; set FACES_CROPS_ROOT "
+                                        "to the folder `faces run` wrote")
+            path = root / path
+        crops.append(read_crop(path))
     x = np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
     data = LabelledFaces(x, chosen.labels, [str(k) for k in chosen.identities], photos[chosen.rows],
                          np.array([rows[r].id for r in chosen.rows], np.int64), chosen.cannot_link)

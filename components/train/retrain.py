@@ -410,8 +410,10 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
 
         data, chosen = from_store(IdentityStore(store_url), params.min_faces, params.min_cohesion)
         train_x_crops, source = data.x, f"identity store {store_url}"
+        # Keyed by the labelled faces too: the same store holds other faces next time.
+        store_key = f"store:{store_url}:" + hashlib.sha256(np.asarray(data.face_ids).tobytes()).hexdigest()[:16]
         pair_features = np.stack([
-            trunk_features(trunk, train_x_crops, np.arange(len(train_x_crops)), flip, f"store:{store_url}", progress=progress)
+            trunk_features(trunk, train_x_crops, np.arange(len(train_x_crops)), flip, store_key, progress=progress)
             for flip in (False, True)], axis=1)
         quality = None
     else:
