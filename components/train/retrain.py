@@ -408,7 +408,10 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
         from components.identities import IdentityStore
         from components.train.data import from_store
 
-        data, chosen = from_store(IdentityStore(store_url), params.min_faces, params.min_cohesion)
+        try:
+            data, chosen = from_store(IdentityStore(store_url), params.min_faces, params.min_cohesion)
+        except TrainingDataError as error:
+            raise RetrainError(f"no training labels from the identity store: {error}") from error
         train_x_crops, source = data.x, f"identity store {store_url}"
         # Keyed by the labelled faces too: the same store holds other faces next time.
         store_key = f"store:{store_url}:" + hashlib.sha256(np.asarray(data.face_ids).tobytes()).hexdigest()[:16]
@@ -481,7 +484,8 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
         set_alias("challenger", result.version)
         if decision["decision"] == "promote":
             set_alias("champion", result.version)
-        decision.update({"cycle": cycle, "champion_version": champion_version, "challenger_version": result.version,
+        decision.update({"cycle": cycle, "champion_version": champion_version, "champion_before": champion_version,
+                         "challenger_version": result.version,
                          "champion_after": result.version if decision["decision"] == "promote" else champion_version})
         log(f"cycle {cycle}: {decision['reason']}")
 
