@@ -283,3 +283,27 @@ def test_faces_train_on_an_annotated_folder_registers_a_version(crops, tmp_path,
         Image.fromarray(train_data.x[0]).save(two / name / "0.png")
     assert main(["train", "--data", str(two), "--workdir", str(tmp_path / "work2")]) == 2
     assert "too little to train on" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_mixed_precision_on_a_gpu_learns_and_separates_identities(crops, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        pytest.skip("no GPU visible to TensorFlow")
+    train_data, _ = crops
+    config = TrainConfig(**{**CONFIG, "learning_rate": 1e-2, "augment": False}, steps_per_epoch=20, epochs=3,
+                         patience=5, mixed_precision="auto")
+    try:
+        result = train(train_data, train_data, config, tmp_path, tracking=False)
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"  # auto: on with a GPU
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    losses = [epoch["loss"] for epoch in result.history]
+    assert losses[-1] < losses[0] * 0.8, losses
+    x = load_keras_model(result.model_path).predict(train_data.x.astype(np.float32), verbose=0)
+    assert x.dtype == np.float32 and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-2)
+    same = (train_data.labels[:, None] == train_data.labels[None, :]) & ~np.eye(len(x), dtype=bool)
+    sims = x @ x.T
+    assert sims[same].mean() > sims[~same & ~np.eye(len(x), dtype=bool)].mean() + 0.3
