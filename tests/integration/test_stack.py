@@ -213,6 +213,29 @@ def test_up_brings_every_service_up(stack):
             pass
 
 
+def test_serving_answers_every_endpoint_with_the_stack_key(stack):
+    """The BentoML service `make up` started answers /verify, /identify and /embed, behind its API key."""
+    import httpx
+
+    def photo(name: str, number: int) -> tuple:
+        path = REPO / "data" / "lfw" / "images_deepfunneled" / name / f"{name}_{number:04d}.jpg"
+        return path.name, path.read_bytes(), "image/jpeg"
+
+    key = {"X-API-Key": stack.client["FACES_API_KEY"]}
+    same = [("photo_a", photo("Abel_Pacheco", 1)), ("photo_b", photo("Abel_Pacheco", 4))]
+    different = [("photo_a", photo("Abel_Pacheco", 1)), ("photo_b", photo("Jong_Thae_Hwa", 2))]
+    with httpx.Client(base_url=stack.url("serving"), timeout=120) as client:
+        assert client.post("/verify", files=same).status_code == 401  # no key
+        answers = [client.post("/verify", files=files, headers=key) for files in (same, different)]
+        identified = client.post("/identify", files=[("photo", photo("Abel_Pacheco", 1))], headers=key)
+        embedded = client.post("/embed", files=[("photos", photo("Abel_Pacheco", 1))], headers=key)
+    assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
+    assert [answer.json()["same"] for answer in answers] == [True, False]
+    assert identified.status_code == 200, identified.text
+    assert identified.json()["faces"] and "model_version" in identified.json()
+    assert embedded.status_code == 200, embedded.text
+
+
 def test_status_reports_memory(stack):
     done = run_stack("status", stack.env, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
