@@ -9,7 +9,6 @@ leave the store, the work area and MLflow exactly as the first did.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -119,9 +118,7 @@ def registered_versions(work: Path) -> list[int]:
         return [row[0] for row in db.execute("select version from model_versions where name = 'face-embedder'")]
 
 
-@pytest.mark.skipif(os.environ.get("FACES_TEST_RETRAIN_DAG") != "1",
-                    reason="a real retraining cycle (~2 min on 2 cores) is outside tests/dags' time budget; "
-                           "FACES_TEST_RETRAIN_DAG=1 runs it")
+@pytest.mark.slow  # a real retraining cycle: about 2 minutes on 2 cores
 def test_retrain_registers_a_challenger_once(airflow_home):
     env = airflow_home
     work = Path(env["FACES_WORK_URI"])
