@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from components.bench import save_result
 from components.bench.memory import peak_rss_mb, run_isolated
 from components.datasets.lfw import LFW_ROOT_DEFAULT, list_identities, read_people_folds
 from components.settings import PROJECT_ROOT, Settings
@@ -950,10 +951,7 @@ def write_result(out: Path, parts: dict[str, dict], command: str, machine_info: 
             except (KeyError, TypeError):
                 pass  # a part written by an older layout keeps its own table
     result["markdown"] = markdown(result)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(result), indent=2))
-    os.replace(tmp, out)
+    save_result(out, _jsonable(result))
     return result
 
 

@@ -8,7 +8,6 @@ shared (cached) with ``faces bench lfw-verify``.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.bench import save_result
 from components.cluster import ChineseWhispers
 from components.datasets.lfw import LFW_ROOT_DEFAULT, read_pairs, read_people_folds
 from components.bench.lfw_verify import EnginePipeline, embed_all
@@ -75,7 +75,5 @@ def run_benchmark(settings: Settings, out: Path, root: Path = LFW_ROOT_DEFAULT) 
         "calibration_curve": curve,
         "held_out_curve": held_out_curve,
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    save_result(out, result)
     return result

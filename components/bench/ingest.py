@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.bench import save_result
 from components.settings import PROJECT_ROOT, Settings
 
 CACHE = PROJECT_ROOT / "bench" / "cache" / "ingest"
@@ -303,11 +304,7 @@ def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullh
         "thesis_load_estimate": hardware_estimate(results["fullhd"]),
         "seconds": round(time.perf_counter() - began, 1),
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp_out, out)
+    save_result(out, summary)
     return summary
 
 

@@ -13,7 +13,6 @@ called photo by photo against our batched detector.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from components.bench import save_result
 from components import detect as detect_step
 from components.bench import reference_dlib
 from components.bench.verification import verification_report
@@ -208,11 +208,7 @@ def run_benchmark(settings: Settings, out: Path, with_dlib: bool = True, speed_p
     sample = paths[:: max(1, len(paths) // speed_photos)][:speed_photos]
     result["speed"] = speed(sample, engine, repeats, with_dlib)
     result["table"] = _table(result)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    save_result(out, result)
     return result
 
 

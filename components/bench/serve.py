@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.bench import save_result
 from components.settings import PROJECT_ROOT, Settings
 
 LFW = PROJECT_ROOT / "data" / "lfw"
@@ -261,11 +262,7 @@ def run_benchmark(settings: Settings, out: Path, levels=(1, 8, 32), duration_s: 
         "throughput_ratio_goal": 1.5,
         "throughput_ratio_met": v[highest]["requests_per_s"] >= 1.5 * v[lowest]["requests_per_s"],
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(partial, out)
+    save_result(out, result)
     return result
 
 

@@ -13,7 +13,6 @@ machine.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.bench import save_result
 from components.datasets.lfw import LFW_ROOT_DEFAULT, list_identities
 from components.settings import PROJECT_ROOT, Settings
 
@@ -131,9 +131,5 @@ def run_benchmark(settings: Settings, out: Path, steps: int = 800, batch_size: i
         "data_preparation_s": round(prepared_s, 1),
         "total_s": round(time.perf_counter() - started, 1),
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    save_result(out, result)
     return result
