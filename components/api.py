@@ -1,5 +1,7 @@
 """The small verb-style face API: detect, align, embed, distance, verify.
 
+Use it as ``import faces`` (the top-level package :mod:`faces` re-exports these verbs).
+
 Arrays in, arrays out. Models load lazily on first use and are shared by the
 calls of one process. Conventions:
 
@@ -19,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.detect import CROP_SIZE, Face, FaceDetector, align_face
-from components.embed import Embedder
+from components.detect import CROP_SIZE, Face, align_face
 from components.images import load_image
 from components.settings import Settings, load_settings
 
@@ -31,21 +32,16 @@ def _settings() -> Settings:
 
 
 @lru_cache(maxsize=1)
-def _detector() -> FaceDetector:
-    return FaceDetector(_settings().detect)
+def _engine():
+    from components.engine import FaceEngine, champion_model
 
-
-@lru_cache(maxsize=1)
-def _embedder() -> Embedder:
-    settings = _settings()
-    if not settings.model_path.exists():
-        raise FileNotFoundError(f"no embedder at {settings.model_path}: run `make setup` (or `faces setup-model`)")
-    return Embedder(settings.model_path, batch_size=settings.embed.batch_size)
+    # The registry's champion when a tracking URI is configured, else the local model.
+    return FaceEngine(_settings().detect, champion_model(_settings()))
 
 
 def detect(image: np.ndarray) -> list[Face]:
     """Faces in one photo, most confident first, each aligned and quality-scored."""
-    return _detector().detect([image])[0]
+    return _engine().detect([image])[0].faces
 
 
 def align(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
@@ -55,7 +51,7 @@ def align(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) -> np
 
 def embed(crops: np.ndarray) -> np.ndarray:
     """(N, 128) unit-norm embeddings of (N, 150, 150, 3) uint8 aligned crops."""
-    return _embedder().embed(crops)
+    return _engine().embed(crops)
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -64,40 +60,43 @@ def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def verify(photo_a: str | Path | np.ndarray, photo_b: str | Path | np.ndarray, threshold: float | None = None) -> dict:
-    """Are the main faces of two photos the same person?
+    """Is the person of photo B anywhere in photo A?
 
-    The main face of a photo is its largest usable face (quality gates passed), or
-    its largest face when none passes.
+    B's main face (its usable face nearest the centre, :func:`components.engine.main_face_index`)
+    is compared with every usable face of A; the best match decides.
 
     Args:
-        photo_a: a path or an RGB array.
-        photo_b: a path or an RGB array.
-        threshold: cosine similarity at or above which it is the same person;
-            default ``verify.threshold`` from params.yaml.
+        photo_a: a path or an RGB array (a group photo, say).
+        photo_b: a path or an RGB array (the person looked for).
+        threshold: cosine similarity at or above which it is the same person; default the
+            model's own calibrated verify threshold.
 
     Returns:
-        JSON-ready dict: faces found in each photo, similarity, threshold, same, and
-        ``model_version``; ``same`` is None (with ``error``) when a photo has no face.
+        JSON-ready dict: ``same``, the best ``similarity``, ``threshold``, ``faces`` found in
+        each photo, ``match`` (index in A of the best face), ``faces_a`` (every face of A with
+        box, similarity and quality failures), ``face_b`` and the model; ``same`` is None
+        (with ``error``) when a photo has no face.
     """
-    threshold = _settings().verify.threshold if threshold is None else float(threshold)
+    from components.engine import verify_faces
+
+    engine = _engine()
+    threshold = engine.model.thresholds.verify if threshold is None else float(threshold)
     images = [load_image(p) if not isinstance(p, np.ndarray) else p for p in (photo_a, photo_b)]
-    detections = _detector().detect(images)
-    result: dict = {
-        "faces": [len(faces) for faces in detections],
-        "threshold": threshold,
-        "model_version": _embedder().version,
-    }
-    missing = [name for name, faces in zip("ab", detections) if not faces]
+    photos = engine.analyse(images)
+    result: dict = {"faces": [len(photo.faces) for photo in photos], "threshold": threshold,
+                    **engine.model.describe()}
+    missing = [name for name, photo in zip("ab", photos) if not photo.faces]
     if missing:
         result.update(similarity=None, same=None, error=f"no face found in photo {' and '.join(missing)}")
         return result
-    main = [max(faces, key=lambda f: (f.passed, f.size)) for faces in detections]
-    vectors = embed(np.stack([face.crop for face in main]))
-    similarity = float(vectors[0] @ vectors[1])
+    a, b = photos
+    if all(face.embedding is None for face in a.faces) or b.main_face.embedding is None:
+        engine.embed_faces(photos, all_faces=True)  # no usable face: compare the faces there are
+    core = verify_faces(a.faces, b.faces, b.main, threshold)
     result.update(
-        similarity=round(similarity, 4),
-        same=similarity >= threshold,
-        boxes=[[round(v, 1) for v in face.box] for face in main],
-        quality_failures=[face.failures for face in main],
+        same=core["same"], similarity=core["similarity"], match=core["match"],
+        faces_a=[{"box": [round(v, 1) for v in face.box], "similarity": similarity, "quality_failures": face.failures}
+                 for face, similarity in zip(a.faces, core["similarities"])],
+        face_b={"box": [round(v, 1) for v in b.main_face.box], "quality_failures": b.main_face.failures},
     )
     return result

@@ -9,9 +9,9 @@ params.yaml's `retrain:` values) or by the asset `faces://identities`, which
 fine-tune the champion -> evaluate champion and challenger on held-out LFW people ->
 register the challenger (alias `challenger`) -> promote it to `champion` only when it
 beats the champion by `promote_margin` on `promote_metric`, else keep. Everything is
-logged to MLflow (experiment `retrain`: both models side by side). `reload_serving`
-then POSTs `/reload` to the BentoML service at `FACES_SERVING_URL` when the champion
-changed. The outcome is keyed by the DAG run: a cleared and re-run task registers no
+logged to MLflow (experiment `retrain`: both models side by side). When the champion
+changed, `announce` updates the asset `faces://champion`, which schedules
+`face_reembed`: the identity store moves to the new model, then serving follows it. The outcome is keyed by the DAG run: a cleared and re-run task registers no
 second model version. Steps: `components/workflow/retrain.py`.
 """
 
@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, dag, task
 
 IDENTITIES = Asset("faces://identities")
+CHAMPION = Asset("faces://champion")
 
 
 def _optional(kind: str, title: str, description: str, **limits) -> Param:
@@ -71,14 +72,18 @@ def face_retrain():
         return run_step(step.retrain, key, overrides=overrides, labels_from=params["labels_from"],
                         limit_people=params["limit_people"])
 
-    @task
-    def reload_serving(outcome: str) -> dict:
+    @task(outlets=[CHAMPION])
+    def announce(outcome: str) -> str:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from components.workflow import retrain as step
-        from components.workflow.steps import run_step
+        from components.workflow import workspace as ws
 
-        return run_step(step.reload_serving, outcome)
+        if not step.champion_changed(ws.read_json(outcome)):
+            raise AirflowSkipException("the champion did not change: nothing to re-embed")
+        return outcome
 
-    reload_serving(retrain())
+    announce(retrain())
 
 
 face_retrain()

@@ -30,7 +30,7 @@ import bentoml
 import numpy as np
 from bentoml.validators import ContentType
 
-from components.serving.engine import FaceResult
+from components.engine import PhotoFaces
 from components.serving.errors import ServingError
 from components.serving.gate import Gate, GateState
 from components.serving.requests import RouteSpec, expected_api_key
@@ -74,6 +74,14 @@ def _connection_error(error: Exception) -> bool:
     return isinstance(error, aiohttp.ClientConnectionError) or "Session is closed" in str(error)
 
 
+def _threshold(model: dict, name: str) -> float:
+    """The served model's own threshold (every model version carries its calibration)."""
+    thresholds = model.get("thresholds") or {}
+    if name not in thresholds:
+        raise ServingError(503, "model_uncalibrated", f"the served model has no {name} threshold; calibrate it")
+    return float(thresholds[name])
+
+
 @bentoml.service(name="embedder", workers=1, traffic={"timeout": 300})
 class Embedder:
     """Detect + align + embed with the champion model, in adaptive batches (internal service)."""
@@ -102,7 +110,8 @@ class Embedder:
         """Per photo: its faces with embeddings, and the description of the model that computed them."""
         per_photo, model = self.engine.analyse(images)
         described = model.describe()
-        return [{"faces": [face.to_wire() for face in faces], "model": described} for faces in per_photo]
+        return [{"faces": [face.to_wire() for face in photo.faces], "main": photo.main, "shape": list(photo.shape),
+                 "model": described} for photo in per_photo]
 
     @bentoml.api(batchable=True, max_batch_size=256, max_latency_ms=_SERVE.batch_max_latency_ms)
     def embed_crops(self, crops: np.ndarray) -> list[dict]:
@@ -191,13 +200,16 @@ class FaceAPI:
                 logger.warning("embedder call %s failed: %s", name, error)
                 raise ServingError(503, "model_unavailable", "the embedding model is not available; retry later") from None
 
-    async def _analyse(self, images: list[np.ndarray]) -> tuple[list, dict]:
+    async def _analyse(self, images: list[np.ndarray]) -> tuple[list[PhotoFaces], dict]:
+        from components.detect import Face
+
         for _ in range(3):
             results = await self._call("analyse", images)
             models = {result["model"]["model_version"] for result in results}
             if len(models) == 1:  # a batch split across a model swap would mix versions: ask again
                 STATE.model = results[0]["model"]
-                return [[FaceResult.from_wire(face) for face in result["faces"]] for result in results], STATE.model
+                return [PhotoFaces([Face.from_wire(face) for face in result["faces"]], result["main"],
+                                   tuple(result["shape"])) for result in results], STATE.model
         raise ServingError(503, "model_changing", "the model changed during the request; retry")
 
     async def _embed_crops(self, crops: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -216,19 +228,20 @@ class FaceAPI:
 
     @bentoml.api(route="/verify")
     async def verify(self, photo_a: Photo, photo_b: Photo) -> dict:
-        """Are the main faces of two photos the same person?
+        """Is the person of photo B anywhere in photo A?
 
-        The main face is the largest one that passes the quality gates. Answers
-        ``same``, ``similarity`` (cosine), ``threshold``, the faces found in each photo and
-        the main faces' boxes; nothing about stored identities.
+        B's main face (the usable face nearest its centre) is compared with every usable
+        face of A. Answers ``same``, the best ``similarity`` (cosine), the model's verify
+        ``threshold``, the best-matching face of A, B's main face, and every face of A with
+        its similarity; nothing about stored identities.
         """
         from components.serving.operations import verify_answer
 
         try:
             (image_a, scale_a), (image_b, scale_b) = await asyncio.gather(
                 self._decode(photo_a, "photo_a"), self._decode(photo_b, "photo_b"))
-            faces, model = await self._analyse([image_a, image_b])
-            return verify_answer(faces[0], faces[1], (scale_a, scale_b), self.settings.verify.threshold, model)
+            photos, model = await self._analyse([image_a, image_b])
+            return verify_answer(photos[0], photos[1], (scale_a, scale_b), _threshold(model, "verify"), model)
         except ServingError as error:
             return self._error(error)
 
@@ -236,7 +249,7 @@ class FaceAPI:
     async def identify(self, photo: Photo) -> dict:
         """Who is in the photo? Every face with its box and identity id and name, or ``unknown``.
 
-        A face is matched to the identity store's medoids at ``identities.assign_threshold``.
+        A face is matched to the identity store's medoids at the model's assign threshold.
         """
         from components.serving.identities import match_faces
         from components.serving.operations import identify_answer
@@ -245,7 +258,8 @@ class FaceAPI:
             if self.index is None:
                 raise ServingError(503, "no_identity_store", "no identity store is configured (set FACES_STORE_URL)")
             image, scale = await self._decode(photo, "photo")
-            (faces,), model = await self._analyse([image])
+            (photo,), model = await self._analyse([image])
+            faces = photo.faces
             if not faces:
                 return identify_answer(faces, [], scale, 0.0, model)  # raises the 422
             try:
@@ -255,7 +269,7 @@ class FaceAPI:
             except Exception as error:
                 logger.warning("identity store unavailable: %s", error)
                 raise ServingError(503, "identity_store_unavailable", "the identity store cannot be read; retry later") from None
-            threshold = self.settings.identities.assign_threshold
+            threshold = _threshold(model, "assign")
             usable = [face for face in faces if face.passed]
             matches = match_faces(np.stack([f.embedding for f in usable]) if usable else np.zeros((0, 0)),
                                   medoids, threshold)
@@ -276,7 +290,7 @@ class FaceAPI:
                 vectors, model = await self._embed_crops(np.stack([image for image, _ in decoded]))
                 return embed_crops_answer(vectors, model)
             per_photo, model = await self._analyse([image for image, _ in decoded])
-            return embed_answer(per_photo, [scale for _, scale in decoded], model)
+            return embed_answer([photo.faces for photo in per_photo], [scale for _, scale in decoded], model)
         except ServingError as error:
             return self._error(error)
 

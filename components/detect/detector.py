@@ -31,14 +31,34 @@ class Face:
         crop: (150, 150, 3) uint8 RGB, aligned to the embedder's template.
         blur: variance of the Laplacian of the aligned crop (higher is sharper).
         failures: quality gates this face failed; empty when it is usable.
+        embedding: (D,) unit vector, once the engine embedded the face (usable faces only,
+            unless asked for all); None before.
+        model_version: the model that computed ``embedding``.
     """
 
     box: tuple[float, float, float, float]
     landmarks: np.ndarray
     confidence: float
-    crop: np.ndarray
+    crop: np.ndarray | None
     blur: float
     failures: list[str] = field(default_factory=list)
+    embedding: np.ndarray | None = None
+    model_version: str | None = None
+
+    def to_wire(self) -> dict:
+        """Plain JSON types without the crop (for the call between two services)."""
+        return {"box": [float(v) for v in self.box], "landmarks": np.asarray(self.landmarks).tolist(),
+                "confidence": float(self.confidence), "blur": float(self.blur), "failures": list(self.failures),
+                "embedding": None if self.embedding is None else np.asarray(self.embedding, np.float32).tolist(),
+                "model_version": self.model_version}
+
+    @classmethod
+    def from_wire(cls, data: dict) -> Face:
+        """The inverse of :meth:`to_wire` (``crop`` is None)."""
+        embedding = data.get("embedding")
+        return cls(tuple(float(v) for v in data["box"]), np.asarray(data["landmarks"], np.float64),
+                   float(data["confidence"]), None, float(data["blur"]), list(data["failures"]),
+                   None if embedding is None else np.asarray(embedding, np.float32), data.get("model_version"))
 
     @property
     def passed(self) -> bool:

@@ -113,15 +113,35 @@ class Policy:
             raise ValueError(f"recluster_every_s must be >= 0; got {self.recluster_every_s}")
 
     @classmethod
-    def from_settings(cls, settings) -> Policy:
-        """The policy of a :class:`components.settings.Settings`."""
+    def from_settings(cls, settings, thresholds=None) -> Policy:
+        """The policy of a :class:`components.settings.Settings`, with a model's thresholds.
+
+        Args:
+            settings: the life-cycle numbers (``identities:`` and ``cluster:``).
+            thresholds: the :class:`~components.embed.thresholds.Thresholds` (or their dict) of
+                the model whose embeddings are compared; default the local model's, from
+                params.yaml. Callers working on a store pass the store's active model's
+                (:func:`policy_for_store`).
+        """
+        from components.embed.thresholds import Thresholds
+
+        if thresholds is None:
+            thresholds = Thresholds.from_settings(settings)
+        elif not isinstance(thresholds, Thresholds):
+            thresholds = Thresholds.from_dict(thresholds)
         ids, cluster = settings.identities, settings.cluster
         return cls(
-            assign_threshold=ids.assign_threshold, recluster_every_s=ids.recluster_every_s,
+            assign_threshold=thresholds.assign, recluster_every_s=ids.recluster_every_s,
             recluster_pool_size=ids.recluster_pool_size, min_identity_size=cluster.min_identity_size,
-            medoid_sample_above=ids.medoid_sample_above, cluster_threshold=cluster.threshold, knn=cluster.knn,
+            medoid_sample_above=ids.medoid_sample_above, cluster_threshold=thresholds.cluster, knn=cluster.knn,
             knn_above=cluster.knn_above, iterations=cluster.iterations, seed=settings.base.seed,
         )
+
+
+def policy_for_store(store, settings) -> Policy:
+    """The life-cycle policy for a store: its active model's thresholds (params.yaml's for a store without one)."""
+    active = store.model("active")
+    return Policy.from_settings(settings, active.thresholds if active is not None else None)
 
 
 # -- pure core --------------------------------------------------------------------------------
@@ -824,10 +844,71 @@ def update_identities(store, settings=None, *, policy: Policy | None = None, clo
     if policy is None:
         if settings is None:
             raise ValueError("give settings or a policy")
-        policy = Policy.from_settings(settings)
+        policy = policy_for_store(store, settings)
     now = clock()
     if now.tzinfo is None:
         raise ValueError("the clock must return timezone-aware datetimes")
     if full:
         return {"full": full_recluster(store, policy, now=now)}
     return {"assign": assign_new(store, policy, now=now), "pool": recluster_pool(store, policy, now=now, force=force_pool)}
+
+
+def switch_model(store, target, policy: Policy, *, now: datetime, actor: str = "reembed") -> dict:
+    """The last step of a re-embed: move every face to the target model in one transaction.
+
+    Every embedded face must have a staged vector for ``target`` (otherwise nothing
+    changes and ``ReembedIncomplete`` says how many are missing). The staged vectors
+    replace the old ones, every identity's medoid and members' similarities are
+    recomputed under the new model, and ``target`` becomes the store's active model.
+    Until this commits, everything reads the old model's embeddings.
+
+    Args:
+        store: the identity store.
+        target: the :class:`~components.identities.store.StoreModel` re-embedded for.
+        policy: the target model's policy (its thresholds; medoid sampling).
+        now: time of the switch (audit trail).
+        actor: who switched.
+
+    Returns:
+        ``faces`` moved, ``identities`` refreshed, and ``incoherent``: identities whose
+        members no longer cohere under the new model (fewer than half of them at least
+        ``assign_threshold`` similar to the new medoid), for a person to review.
+    """
+    from sqlalchemy import delete, func, select, update
+
+    from components.identities import store as db
+
+    with store.session() as session:
+        missing = session.scalar(select(func.count()).select_from(db.FaceRow).where(*store._todo(target.version)))
+        if missing:
+            raise ReembedIncomplete(f"{missing} faces are not yet re-embedded for {target.version}")
+        staged = session.execute(select(db.StagedEmbeddingRow.face_id, db.StagedEmbeddingRow.embedding)
+                                 .where(db.StagedEmbeddingRow.model_version == target.version)).all()
+        if staged:
+            session.execute(update(db.FaceRow), [{"id": int(face), "embedding": vector, "model_version": target.version}
+                                                 for face, vector in staged])
+        session.execute(delete(db.StagedEmbeddingRow))
+        identity_ids = list(session.scalars(select(db.IdentityRow.id).order_by(db.IdentityRow.id)))
+        refresh_identities(session, identity_ids, policy, at=now, actor=actor)
+        incoherent = []
+        rows = session.execute(select(db.AssignmentRow.identity_id, db.AssignmentRow.similarity)).all()
+        by_identity: dict[int, list[float]] = {}
+        for identity, similarity in rows:
+            by_identity.setdefault(int(identity), []).append(float(similarity))
+        for identity, sims in sorted(by_identity.items()):
+            share = float(np.mean(np.asarray(sims) >= policy.assign_threshold))
+            if len(sims) > 1 and share < 0.5:
+                incoherent.append({"identity": identity, "faces": len(sims), "share_cohering": round(share, 3)})
+        for role in ("active", "target"):
+            session.execute(delete(db.StoreModelRow).where(db.StoreModelRow.role == role))
+        session.flush()
+        session.add(db.StoreModelRow(role="active", version=target.version, registry_version=target.registry_version,
+                                     source=target.source, thresholds=dict(target.thresholds), since=now))
+        report = {"model_version": target.version, "registry_version": target.registry_version,
+                  "faces": len(staged), "identities": len(identity_ids), "incoherent": incoherent}
+        session.add(db.LifecycleRunRow(kind="reembed", at=now, details=report))
+        return report
+
+
+class ReembedIncomplete(RuntimeError):
+    """The switch was asked for before every face had its new embedding."""

@@ -21,6 +21,13 @@ Tables:
 * ``lifecycle_runs``: one row per assignment batch / pool or full re-clustering; the
   latest re-clustering's time starts the next window T.
 * ``rejected_files``: files that could not be used, with the reason.
+* ``store_models``: which model's embeddings the store holds (``active``) and, during a
+  re-embed, the model it is moving to (``target``), each with its thresholds.
+* ``staged_embeddings``: embeddings computed by a re-embed for the target model, kept
+  apart until the switch moves them into ``faces`` in one transaction.
+
+Every face's embedding names the model version that made it, and the store holds one
+version at a time: comparisons across versions are refused (:class:`ModelMismatchError`).
 
 Only new tables were added since the first release, so an older store file is
 upgraded by ``create_all`` alone: its unassigned faces are simply "not seen yet".
@@ -176,6 +183,29 @@ class LifecycleRunRow(Base):
 RECLUSTER_KINDS = ("pool", "full")
 
 
+class StoreModelRow(Base):
+    """The model whose embeddings the store holds (``active``), or the one a re-embed moves to (``target``)."""
+
+    __tablename__ = "store_models"
+
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)  # active | target
+    version: Mapped[str] = mapped_column(String(128))  # content version (Embedder.version)
+    registry_version: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))  # registry | local
+    thresholds: Mapped[dict] = mapped_column(JSON)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class StagedEmbeddingRow(Base):
+    """An embedding a re-embed computed for the target model, not yet in use."""
+
+    __tablename__ = "staged_embeddings"
+
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class RejectedFileRow(Base):
     """A file that could not be used as a photo, with the reason; keyed by path."""
 
@@ -204,6 +234,42 @@ class NewFace:
     label: str | None = None
 
 
+class ModelMismatchError(ValueError):
+    """Embeddings of two model versions were about to be compared, or stored side by side."""
+
+
+# How many times a query was asked to put embeddings of several model versions side by side
+# (each refused with ModelMismatchError). Tests assert it stays 0 across a promotion.
+CROSS_VERSION_REFUSALS = Counter()
+
+
+@dataclass(frozen=True)
+class StoreModel:
+    """A model as the store knows it: content version, registry version, thresholds (a dict)."""
+
+    version: str
+    registry_version: int | None
+    source: str
+    thresholds: dict
+    since: datetime | None = None
+
+    def describe(self) -> dict:
+        return {"model_version": self.version, "registry_version": self.registry_version, "source": self.source,
+                "thresholds": dict(self.thresholds),
+                "since": as_utc(self.since).isoformat(timespec="seconds") if self.since else None}
+
+
+def _one_version(versions, what: str) -> str | None:
+    """The single model version of rows about to be compared; ModelMismatchError for several."""
+    found = {version for version in versions}
+    if len(found) > 1:
+        CROSS_VERSION_REFUSALS[what] += 1
+        raise ModelMismatchError(
+            f"{what}: embeddings of model versions {sorted(map(str, found))} cannot be compared; "
+            "finish the re-embed (`faces reembed`, or the face_reembed DAG)")
+    return next(iter(found), None)
+
+
 @dataclass
 class FaceMatrix:
     """Usable faces as arrays, in face-id order.
@@ -220,10 +286,11 @@ class FaceMatrix:
     embeddings: np.ndarray
     labels: list[str | None]
     photo_ids: np.ndarray | None = None
+    model_version: str | None = None
 
 
 def _usable():
-    return select(FaceRow.id, FaceRow.embedding, FaceRow.label, FaceRow.image_id).where(
+    return select(FaceRow.id, FaceRow.embedding, FaceRow.label, FaceRow.image_id, FaceRow.model_version).where(
         FaceRow.passed.is_(True), FaceRow.embedding.is_not(None)
     )
 
@@ -239,10 +306,11 @@ def _face_matrix(rows: Sequence) -> FaceMatrix:
             f"the store holds embeddings of different sizes {dims}: faces from different embedders "
             "cannot be compared; re-embed them with one model"
         )
+    version = _one_version((row.model_version for row in rows), "usable faces")
     embeddings = np.stack([np.frombuffer(row.embedding, EMBEDDING_DTYPE) for row in rows])
     return FaceMatrix(
         np.array([row.id for row in rows], np.int64), embeddings, [row.label for row in rows],
-        np.array([row.image_id for row in rows], np.int64),
+        np.array([row.image_id for row in rows], np.int64), version,
     )
 
 
@@ -274,10 +342,12 @@ def pool_matrix(session: Session) -> tuple[FaceMatrix, np.ndarray]:
 def identity_medoids(session: Session) -> tuple[np.ndarray, np.ndarray]:
     """(identity ids, their medoid embeddings), in id order."""
     rows = session.execute(
-        select(IdentityRow.id, FaceRow.embedding).join(FaceRow, FaceRow.id == IdentityRow.medoid_face_id).order_by(IdentityRow.id)
+        select(IdentityRow.id, FaceRow.embedding, FaceRow.model_version)
+        .join(FaceRow, FaceRow.id == IdentityRow.medoid_face_id).order_by(IdentityRow.id)
     ).all()
     if not rows:
         return np.empty(0, np.int64), np.empty((0, 0), EMBEDDING_DTYPE)
+    _one_version((row.model_version for row in rows), "identity medoids")
     return np.array([row.id for row in rows], np.int64), np.stack([np.frombuffer(row.embedding, EMBEDDING_DTYPE) for row in rows])
 
 
@@ -302,13 +372,14 @@ def identity_members(session: Session, identity_ids: Sequence[int]) -> tuple[np.
     rows = []
     for start in range(0, len(wanted), 500):
         rows += session.execute(
-            select(FaceRow.id, AssignmentRow.identity_id, FaceRow.embedding)
+            select(FaceRow.id, AssignmentRow.identity_id, FaceRow.embedding, FaceRow.model_version)
             .join(AssignmentRow, AssignmentRow.face_id == FaceRow.id)
             .where(AssignmentRow.identity_id.in_(wanted[start : start + 500]))
         ).all()
     rows.sort(key=lambda row: (row.identity_id, row.id))
     if not rows:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 0), EMBEDDING_DTYPE)
+    _one_version((row.model_version for row in rows), "identity members")
     return (
         np.array([row.id for row in rows], np.int64),
         np.array([row.identity_id for row in rows], np.int64),
@@ -455,11 +526,23 @@ class IdentityStore:
         """Store a photo and all its faces in one transaction; returns the image id.
 
         A photo already stored (same bytes) is left as it is and its id returned.
+
+        Raises:
+            ModelMismatchError: a face was embedded by another model than the store's
+                active one (a promotion happened meanwhile): nothing is stored.
         """
         with self.session() as session:
             existing = session.scalar(select(ImageRow.id).where(ImageRow.sha256 == sha256))
             if existing is not None:
                 return existing
+            active = session.get(StoreModelRow, "active")
+            if active is not None:
+                for face in faces:
+                    if face.embedding is not None and face.model_version != active.version:
+                        CROSS_VERSION_REFUSALS["add_image"] += 1
+                        raise ModelMismatchError(
+                            f"photo {path}: embedded by model {face.model_version}, but the store holds "
+                            f"{active.version}; embed it again with the store's model")
             image = ImageRow(
                 sha256=sha256, path=path, width=size[0], height=size[1], label=label, detector_version=detector_version
             )
@@ -496,6 +579,67 @@ class IdentityStore:
                 session.add(RejectedFileRow(path=path, code=code, reason=reason, sha256=sha256))
             else:
                 row.code, row.reason, row.sha256 = code, reason, sha256
+
+    # -- model versions -------------------------------------------------------------
+
+    def model(self, role: str = "active") -> StoreModel | None:
+        """The model whose embeddings the store holds (``active``), or a re-embed's ``target``."""
+        with self.session() as session:
+            row = session.get(StoreModelRow, role)
+            if row is None:
+                return None
+            return StoreModel(row.version, row.registry_version, row.source, dict(row.thresholds), as_utc(row.since))
+
+    def embedded_versions(self) -> dict[str, int]:
+        """Model version -> number of stored embeddings made by it."""
+        with self.session() as session:
+            rows = session.execute(
+                select(FaceRow.model_version, func.count()).where(FaceRow.embedding.is_not(None)).group_by(FaceRow.model_version)
+            ).all()
+        return {str(version): int(count) for version, count in rows}
+
+    def set_model(self, model: StoreModel, role: str = "active") -> None:
+        """Record the active model (or a re-embed's target), replacing the previous one."""
+        with self.session() as session:
+            row = session.get(StoreModelRow, role)
+            if row is None:
+                row = StoreModelRow(role=role)
+                session.add(row)
+            row.version, row.registry_version, row.source = model.version, model.registry_version, model.source
+            row.thresholds, row.since = dict(model.thresholds), model.since or _now()
+
+    def begin_reembed(self, target: StoreModel) -> None:
+        """Mark ``target`` as the model a re-embed moves to; staged vectors of any other model are dropped."""
+        with self.session() as session:
+            session.execute(delete(StagedEmbeddingRow).where(StagedEmbeddingRow.model_version != target.version))
+        current = self.model("target")
+        if current is None or current.version != target.version:
+            self.set_model(target, "target")
+
+    def _todo(self, version: str):
+        staged = exists().where(StagedEmbeddingRow.face_id == FaceRow.id, StagedEmbeddingRow.model_version == version)
+        return FaceRow.embedding.is_not(None), FaceRow.model_version != version, ~staged
+
+    def reembed_todo(self, version: str, limit: int) -> list[tuple[int, str | None]]:
+        """(face id, crop path) of embedded faces not yet re-embedded for ``version``, oldest first."""
+        with self.session() as session:
+            rows = session.execute(select(FaceRow.id, FaceRow.crop_path).where(*self._todo(version))
+                                   .order_by(FaceRow.id).limit(int(limit))).all()
+        return [(int(row.id), row.crop_path) for row in rows]
+
+    def reembed_remaining(self, version: str) -> int:
+        """How many embedded faces still wait to be re-embedded for ``version``."""
+        with self.session() as session:
+            return int(session.scalar(select(func.count()).select_from(FaceRow).where(*self._todo(version))))
+
+    def stage_embeddings(self, face_ids: Sequence[int], version: str, vectors: np.ndarray) -> None:
+        """Keep one batch of re-embedded vectors for ``version`` (one transaction; re-staging replaces)."""
+        ids = [int(face) for face in face_ids]
+        with self.session() as session:
+            session.execute(delete(StagedEmbeddingRow).where(StagedEmbeddingRow.face_id.in_(ids)))
+            session.add_all(StagedEmbeddingRow(face_id=face, model_version=version,
+                                               embedding=np.asarray(vector, EMBEDDING_DTYPE).tobytes())
+                            for face, vector in zip(ids, vectors))
 
     # -- clustering ---------------------------------------------------------------
 

@@ -27,16 +27,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from components import cluster as cluster_step
 from components import detect as detect_step
-from components import embed as embed_step
-from components import identities as identities_step
-from components import images as images_step
+from components import engine as engine_step
 from components import report as report_step
-from components.detect import Face, FaceDetector
-from components.embed import Embedder
+from components.engine import FaceEngine, champion_model, model_for_store
+from components.engine.reembed import reembed
 from components.identities import IdentityStore, NewFace
-from components.identities.lifecycle import Clock, update_identities, utc_now
+from components.identities.lifecycle import Clock, policy_for_store, update_identities, utc_now
 from components.images import BadImageError, file_sha256, iter_image_files, load_image
 from components.report.metrics import clustering_summary
 from components.settings import Settings
@@ -70,10 +67,7 @@ class IngestLog:
 
 def component_versions() -> dict[str, str]:
     """Version of every step, recorded in each run."""
-    modules = (images_step, detect_step, embed_step, cluster_step, identities_step, report_step)
-    versions = {module.__name__.rsplit(".", 1)[-1]: module.__version__ for module in modules}
-    versions["pipeline"] = __version__
-    return versions
+    return {**engine_step.step_versions(), "pipeline": __version__}
 
 
 def folder_photos(root: Path, folder_labels: bool) -> tuple[list[Photo], list[BadImageError]]:
@@ -95,18 +89,6 @@ def folder_photos(root: Path, folder_labels: bool) -> tuple[list[Photo], list[Ba
     return photos, unreadable
 
 
-def main_face_index(faces: list[Face], image_shape: tuple[int, ...]) -> int | None:
-    """The face nearest the photo's centre: the one a folder label refers to.
-
-    LFW photos are centred on the named person; other faces are bystanders.
-    """
-    if not faces:
-        return None
-    centre = np.array([image_shape[1] / 2, image_shape[0] / 2])
-    distances = [np.linalg.norm(np.array([f.box[0] + f.box[2] / 2, f.box[1] + f.box[3] / 2]) - centre) for f in faces]
-    return int(np.argmin(distances))
-
-
 def save_crop(crop: np.ndarray, path: Path) -> None:
     """Write a JPEG atomically (temp name, then rename), so no half-written crop is seen."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,12 +100,11 @@ def save_crop(crop: np.ndarray, path: Path) -> None:
 class Ingestor:
     """Loads, detects, embeds and stores photos; skips what the store already has."""
 
-    def __init__(self, settings: Settings, store: IdentityStore, out_dir: Path, detector: FaceDetector, embedder: Embedder):
+    def __init__(self, settings: Settings, store: IdentityStore, out_dir: Path, engine: FaceEngine):
         self.settings = settings
         self.store = store
         self.out_dir = out_dir
-        self.detector = detector
-        self.embedder = embedder
+        self.engine = engine
 
     def ingest(self, photos: Iterable[Photo], log: IngestLog, progress: bool = True) -> None:
         photos = list(photos)
@@ -177,18 +158,16 @@ class Ingestor:
             return
 
         started = time.perf_counter()
-        detections = self.detector.detect([image for _, _, image in loaded])
+        detections = self.engine.detect([image for _, _, image in loaded])
         log.seconds["detect"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        usable = [face for faces in detections for face in faces if face.passed]
-        vectors = self.embedder.embed(np.stack([f.crop for f in usable])) if usable else np.empty((0, 128), np.float32)
-        embedding_of = {id(face): vector for face, vector in zip(usable, vectors)}
+        self.engine.embed_faces(detections)
         log.seconds["embed"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        for (photo, sha, image), faces in zip(loaded, detections):
-            main = main_face_index(faces, image.shape)
+        for (photo, sha, image), found in zip(loaded, detections):
+            faces, main = found.faces, found.main
             records = []
             for index, face in enumerate(faces):
                 crop_path = self.out_dir / "crops" / sha[:2] / f"{sha}_{index}.jpg"
@@ -201,8 +180,8 @@ class Ingestor:
                         confidence=face.confidence,
                         blur=face.blur,
                         failures=face.failures,
-                        embedding=embedding_of.get(id(face)),
-                        model_version=self.embedder.version if face.passed else None,
+                        embedding=face.embedding,
+                        model_version=face.model_version,
                         crop_path=str(crop_path.relative_to(self.out_dir)),
                         label=photo.label if index == main else None,
                     )
@@ -247,7 +226,8 @@ def cluster_store(store: IdentityStore, settings: Settings, *, clock: Clock = ut
         The clustering section of the report, with what the life cycle did under ``lifecycle``.
     """
     started = time.perf_counter()
-    lifecycle = update_identities(store, settings, clock=clock, full=full_recluster)
+    policy = policy_for_store(store, settings)
+    lifecycle = update_identities(store, policy=policy, clock=clock, full=full_recluster)
     seconds = time.perf_counter() - started
     faces = store.usable_faces()
     if not len(faces.face_ids):
@@ -260,7 +240,7 @@ def cluster_store(store: IdentityStore, settings: Settings, *, clock: Clock = ut
         scored = clustering_summary(labels[labelled], true=truth)
         summary["against_folder_labels"] = {"faces": int(labelled.sum()), "identities": len(set(truth)), **scored}
     summary.update(
-        {"threshold": settings.cluster.threshold, "assign_threshold": settings.identities.assign_threshold,
+        {"threshold": policy.cluster_threshold, "assign_threshold": policy.assign_threshold,
          "full_recluster": full_recluster, "lifecycle": lifecycle, "seconds": round(seconds, 3)}
     )
     return summary
@@ -290,8 +270,15 @@ def run(photos: list[Photo], out_dir: Path, settings: Settings, *, store_url: st
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     store = IdentityStore(store_url or f"sqlite:///{out_dir / 'faces.db'}")
-    embedder = Embedder(settings.model_path, batch_size=settings.embed.batch_size)
-    ingestor = Ingestor(settings, store, out_dir, FaceDetector(settings.detect), embedder)
+    # The registry's champion when a tracking URI is configured, else the local model. A store
+    # on an older model is first re-embedded with it (the embedded default has no DAG for that).
+    champion = champion_model(settings)
+    active = store.model("active")
+    reembedded = None
+    if active is not None and active.version != champion.version:
+        reembedded = reembed(store, champion, settings, crops_root=str(out_dir), progress=progress, clock=clock)
+    model = model_for_store(store, settings)
+    ingestor = Ingestor(settings, store, out_dir, FaceEngine(settings.detect, model))
     log = IngestLog()
     for error in unreadable:
         ingestor.reject(log, error.path, error, None)
@@ -301,14 +288,16 @@ def run(photos: list[Photo], out_dir: Path, settings: Settings, *, store_url: st
     # this far) or on request; otherwise identities stay exactly as they were.
     if log.new or full_recluster or store.has_unseen_faces():
         clustering = cluster_store(store, settings, clock=clock, full_recluster=full_recluster)
+        clustering["model"] = model.describe()
         changed = True
     else:
         clustering = None
         changed = False
     summary = report_step.build_summary(
         store=store, log=log, clustering=clustering, changed=changed, versions=component_versions(),
-        model_version=embedder.version if log.new else None, input_name=input_name, settings=settings,
+        model_version=model.version, input_name=input_name, settings=settings,
         seconds=time.perf_counter() - started, machine=f"{platform.machine()}, {os.cpu_count()} cpu",
     )
+    summary["model"] = {**model.describe(), "reembedded": reembedded}
     report_step.write_report(summary, store, out_dir)
     return summary

@@ -1,60 +1,28 @@
 """Photos in, faces with embeddings out: the work the embedder service batches.
 
-One :class:`FaceEngine` per process holds the MTCNN detector and the
-:class:`~components.serving.model.ModelHolder`. A call takes a batch of photos (from
-many requests at once, gathered by BentoML's adaptive batching), detects every face in
-one batched MTCNN pass per photo size, aligns them and embeds all crops in one forward
-pass. Each result names the model that computed it.
+A thin wrapper around the one face engine (:class:`components.engine.FaceEngine`): it
+adds the :class:`~components.serving.model.ModelHolder` (the model in service, swapped
+atomically) and one lock around the TensorFlow models. A call takes a batch of photos
+(from many requests at once, gathered by BentoML's adaptive batching), detects every
+face, aligns them and embeds all crops in one forward pass. Each result names the model
+that computed it.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
-from components.detect import FaceDetector
 from components.embed import INPUT_SIZE
+from components.engine import FaceEngine as CoreEngine
+from components.engine import PhotoFaces
 from components.serving.model import LoadedModel, ModelHolder
 from components.settings import DetectParams
 
 
-@dataclass
-class FaceResult:
-    """One face of a photo, ready for an answer (coordinates in the photo sent to the engine)."""
-
-    box: tuple[float, float, float, float]
-    landmarks: np.ndarray
-    confidence: float
-    blur: float
-    failures: list[str]
-    embedding: np.ndarray  # (D,) float32, unit norm
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    @property
-    def size(self) -> float:
-        return float(min(self.box[2], self.box[3]))
-
-    def to_wire(self) -> dict:
-        """Plain JSON types, for the call between the two services."""
-        return {"box": list(self.box), "landmarks": np.asarray(self.landmarks).tolist(),
-                "confidence": self.confidence, "blur": self.blur, "failures": list(self.failures),
-                "embedding": np.asarray(self.embedding, np.float32).tolist()}
-
-    @classmethod
-    def from_wire(cls, data: dict) -> FaceResult:
-        """The inverse of :meth:`to_wire`."""
-        return cls(tuple(float(v) for v in data["box"]), np.asarray(data["landmarks"], np.float64),
-                   float(data["confidence"]), float(data["blur"]), list(data["failures"]),
-                   np.asarray(data["embedding"], np.float32))
-
-
 class FaceEngine:
-    """Detect, align and embed, with one lock around the TensorFlow models.
+    """Detect, align and embed with the model in service, one call at a time.
 
     Args:
         holder: the model in service.
@@ -64,8 +32,7 @@ class FaceEngine:
 
     def __init__(self, holder: ModelHolder, detect_params: DetectParams, max_faces: int = 20) -> None:
         self.holder = holder
-        self.detector = FaceDetector(detect_params)
-        self.max_faces = int(max_faces)
+        self.core = CoreEngine(detect_params, max_faces=int(max_faces))
         # Keras models are not documented as safe to call from several threads at once, and
         # on a CPU two concurrent batches only fight over the same cores: one at a time.
         self._lock = threading.Lock()
@@ -73,34 +40,19 @@ class FaceEngine:
     def warm_up(self) -> None:
         """Run the detector once (its first call builds the graphs: seconds)."""
         with self._lock:
-            self.detector.detect([np.full((160, 160, 3), 127, np.uint8)])
+            self.core.detect([np.full((160, 160, 3), 127, np.uint8)])
 
-    def analyse(self, images: list[np.ndarray]) -> tuple[list[list[FaceResult]], LoadedModel]:
-        """Faces with embeddings for each photo.
-
-        Args:
-            images: RGB uint8 photos, any sizes.
+    def analyse(self, images: list[np.ndarray]) -> tuple[list[PhotoFaces], LoadedModel]:
+        """Faces of each photo, every one embedded (answers list them all), and the model used.
 
         Returns:
-            One list per photo (most confident first, at most ``max_faces``), and the model
-            that computed every embedding of this call.
+            One :class:`~components.engine.PhotoFaces` per photo (most confident first, at
+            most ``max_faces``, main face chosen), and the model that computed every
+            embedding of this call.
         """
         with self._lock:
-            detections = self.detector.detect(list(images))
             model = self.holder.current  # one read: the whole call uses this model
-            kept = [faces[: self.max_faces] for faces in detections]
-            crops = [face.crop for faces in kept for face in faces]
-            vectors = (model.embedder.embed(np.stack(crops)) if crops
-                       else np.zeros((0, 0), np.float32))
-        results, row = [], 0
-        for faces in kept:
-            photo = []
-            for face in faces:
-                photo.append(FaceResult(tuple(float(v) for v in face.box), face.landmarks, float(face.confidence),
-                                        float(face.blur), list(face.failures), vectors[row]))
-                row += 1
-            results.append(photo)
-        return results, model
+            return self.core.analyse(list(images), model=model, all_faces=True), model
 
     def embed_crops(self, crops: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
         """Embeddings of aligned (N, 150, 150, 3) uint8 crops, and the model that computed them."""
@@ -109,4 +61,4 @@ class FaceEngine:
             raise ValueError(f"crops must be uint8 of shape (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), got {crops.dtype} {crops.shape}")
         with self._lock:
             model = self.holder.current
-            return model.embedder.embed(crops), model
+            return self.core.embed(crops, model), model

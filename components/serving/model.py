@@ -21,17 +21,19 @@ import numpy as np
 
 from components.embed import INPUT_SIZE
 from components.embed.embedder import Embedder
+from components.embed.thresholds import Thresholds
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model file comes from (the shape of ``components.track.registry.ModelRef``)."""
+    """Where a model file comes from, and its thresholds (as ``components.track.registry.ModelRef``)."""
 
     version: int | None
     path: Path
     source: str
+    thresholds: Thresholds | None = None
 
 
 class ModelUnavailable(RuntimeError):
@@ -51,6 +53,7 @@ class LoadedModel:
         path: the ``.keras`` file.
         generation: 1 for the first model loaded by this process, +1 per swap.
         loaded_at: ISO time of the load.
+        thresholds: the model's calibrated thresholds (verify for /verify, assign for /identify).
     """
 
     embedder: Embedder
@@ -61,6 +64,7 @@ class LoadedModel:
     generation: int
     loaded_at: str
     file_stamp: tuple[int, int]
+    thresholds: Thresholds | None = None
 
     def describe(self) -> dict:
         """JSON-ready description, named in every response."""
@@ -70,29 +74,51 @@ class LoadedModel:
             "source": self.source,
             "generation": self.generation,
             "loaded_at": self.loaded_at,
+            "thresholds": self.thresholds.as_dict() if self.thresholds else None,
         }
 
 
 def resolve_champion(alias: str = "champion") -> ModelSource:
-    """The registry's model for ``alias``, or the local model without a registry.
+    """The model to serve: the identity store's active model, else the registry's ``alias``.
 
-    Uses :func:`components.track.registry.resolve`; if that module is not installed, the
-    local ``models/face_recognition_net.keras``.
+    With an identity store (``FACES_STORE_URL``), serving follows the store: a newly
+    promoted champion is served once the re-embed moved the store to it, so /identify
+    never compares a photo with medoids of another model. Without a store, the registry's
+    model for ``alias``, or the local model without a registry.
 
     Raises:
-        ModelUnavailable: the registry is configured but cannot be read.
+        ModelUnavailable: the store or the registry is configured but cannot be read.
     """
+    import os
+
     try:
-        from components.track.registry import resolve
+        from components.track.registry import resolve, resolve_version
     except ImportError:  # the tracking package is optional for a bare serving install
         from components.settings import load_settings
 
-        return ModelSource(None, load_settings().model_path, "local")
+        settings = load_settings()
+        return ModelSource(None, settings.model_path, "local", Thresholds.from_settings(settings))
+    store_url = os.environ.get("FACES_STORE_URL", "").strip()
     try:
+        record = _store(store_url).model("active") if store_url else None
+        if record is not None:
+            ref = resolve_version(record.registry_version if record.source == "registry" else None)
+            return ModelSource(ref.version, Path(ref.path), ref.source, Thresholds.from_dict(record.thresholds))
         ref = resolve(alias)
-    except Exception as error:  # TrackingError, or MLflow failing in its own ways
-        raise ModelUnavailable(f"cannot resolve the {alias!r} model: {error}") from error
-    return ModelSource(ref.version, Path(ref.path), ref.source)
+    except Exception as error:  # TrackingError, a database down, MLflow failing in its own ways
+        raise ModelUnavailable(f"cannot resolve the model to serve ({alias!r}): {error}") from error
+    return ModelSource(ref.version, Path(ref.path), ref.source, ref.thresholds)
+
+
+_STORES: dict = {}
+
+
+def _store(url: str):
+    from components.identities import IdentityStore
+
+    if url not in _STORES:
+        _STORES[url] = IdentityStore(url)
+    return _STORES[url]
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -170,7 +196,8 @@ class ModelHolder:
             if current is not None and loaded.version == current.version:
                 # Same weights under a new registry version or path: keep the warm model, record the new origin.
                 loaded = LoadedModel(current.embedder, current.version, loaded.registry_version, loaded.source,
-                                     loaded.path, current.generation, current.loaded_at, loaded.file_stamp)
+                                     loaded.path, current.generation, current.loaded_at, loaded.file_stamp,
+                                     loaded.thresholds)
                 self._current = loaded
                 return False, current, loaded
             self._current = loaded  # the swap: one reference assignment
@@ -181,7 +208,8 @@ class ModelHolder:
 
     @staticmethod
     def _same(current: LoadedModel, wanted: ModelSource) -> bool:
-        if (current.registry_version, current.path) != (wanted.version, Path(wanted.path)):
+        if (current.registry_version, current.path, current.thresholds) != (wanted.version, Path(wanted.path),
+                                                                           wanted.thresholds):
             return False
         try:
             # The local file can be replaced in place (faces setup-model): notice that too.
@@ -199,7 +227,7 @@ class ModelHolder:
         embedder.embed(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
         version = f"{embedder.version}"
         return LoadedModel(embedder, version, wanted.version, wanted.source, path, generation,
-                           datetime.now(UTC).isoformat(timespec="seconds"), stamp)
+                           datetime.now(UTC).isoformat(timespec="seconds"), stamp, wanted.thresholds)
 
     def start_polling(self, interval_s: float) -> None:
         """Check for a newly promoted model every ``interval_s`` seconds in a daemon thread."""

@@ -11,20 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from components.serving.engine import FaceResult
+from components.detect import Face
+from components.engine import PhotoFaces, verify_faces
 from components.serving.errors import ServingError
 from components.serving.identities import Match
 
 
-def main_face(faces: Sequence[FaceResult]) -> FaceResult:
-    """The photo's subject: the largest usable face, or the largest face when none is usable.
-
-    The same rule as :func:`components.api.verify`.
-    """
-    return max(faces, key=lambda face: (face.passed, face.size))
-
-
-def face_summary(face: FaceResult, scale: float) -> dict:
+def face_summary(face: Face, scale: float) -> dict:
     """Box (x, y, w, h) and landmarks in the uploaded photo's pixels, confidence, quality."""
     return {
         "box": [round(float(v) * scale, 1) for v in face.box],
@@ -34,43 +27,51 @@ def face_summary(face: FaceResult, scale: float) -> dict:
     }
 
 
-def _require_faces(faces: Sequence[FaceResult], field: str) -> None:
+def _require_faces(faces: Sequence[Face], field: str) -> None:
     if not faces:
         raise ServingError(422, "no_face", f"no face was found in {field}", field)
 
 
-def verify_answer(faces_a: Sequence[FaceResult], faces_b: Sequence[FaceResult], scales: tuple[float, float],
-                  threshold: float, model: dict) -> dict:
-    """Are the main faces of two photos the same person?
+def verify_answer(photo_a: PhotoFaces, photo_b: PhotoFaces, scales: tuple[float, float], threshold: float,
+                  model: dict) -> dict:
+    """Is the person of ``photo_b`` anywhere in ``photo_a``?
 
-    Only the two photos are compared: nothing from the identity store is read or told.
+    B's main face (:func:`components.engine.main_face_index`) is compared with every usable
+    face of A; the best match decides. Only the two photos are compared: nothing from the
+    identity store is read or told.
 
     Args:
-        faces_a: faces of ``photo_a``.
-        faces_b: faces of ``photo_b``.
+        photo_a: faces of ``photo_a`` (a group photo, say).
+        photo_b: faces of ``photo_b`` (the person looked for).
         scales: factor back to each uploaded photo's pixels.
-        threshold: cosine similarity at or above which it is the same person.
+        threshold: the model's verify threshold.
         model: the model description (:meth:`LoadedModel.describe`).
+
+    Returns:
+        ``same``, the best ``similarity``, ``threshold``, ``photo_a`` (the best-matching
+        face of A), ``photo_b`` (B's main face), and ``faces_a``: every face of A with its
+        similarity (None for a face that failed the quality gates).
 
     Raises:
         ServingError: 422 when a photo has no face.
     """
-    _require_faces(faces_a, "photo_a")
-    _require_faces(faces_b, "photo_b")
-    a, b = main_face(faces_a), main_face(faces_b)
-    similarity = float(np.dot(a.embedding, b.embedding))
+    _require_faces(photo_a.faces, "photo_a")
+    _require_faces(photo_b.faces, "photo_b")
+    core = verify_faces(photo_a.faces, photo_b.faces, photo_b.main, threshold)
     return {
-        "same": bool(similarity >= threshold),
-        "similarity": round(similarity, 4),
+        "same": core["same"],
+        "similarity": core["similarity"],
         "threshold": threshold,
-        "faces": [len(faces_a), len(faces_b)],
-        "photo_a": face_summary(a, scales[0]),
-        "photo_b": face_summary(b, scales[1]),
+        "faces": [len(photo_a.faces), len(photo_b.faces)],
+        "photo_a": face_summary(photo_a.faces[core["match"]], scales[0]),
+        "photo_b": face_summary(photo_b.main_face, scales[1]),
+        "faces_a": [{**face_summary(face, scales[0]), "similarity": similarity}
+                    for face, similarity in zip(photo_a.faces, core["similarities"])],
         **model,
     }
 
 
-def identify_answer(faces: Sequence[FaceResult], matches: Sequence[Match] | None, scale: float, threshold: float,
+def identify_answer(faces: Sequence[Face], matches: Sequence[Match] | None, scale: float, threshold: float,
                     model: dict, unavailable: int = 0) -> dict:
     """Who is in the photo: every face with its box and identity (or ``unknown``).
 
@@ -110,7 +111,7 @@ def identify_answer(faces: Sequence[FaceResult], matches: Sequence[Match] | None
     return answer
 
 
-def embed_answer(per_photo: Sequence[Sequence[FaceResult]], scales: Sequence[float], model: dict) -> dict:
+def embed_answer(per_photo: Sequence[Sequence[Face]], scales: Sequence[float], model: dict) -> dict:
     """Every face of every photo with its embedding."""
     return {
         "photos": [

@@ -70,28 +70,21 @@ def _store(url: str):
 
 
 @lru_cache(maxsize=2)
-def _detector(params):
-    from components.detect import FaceDetector
+def _engine(params):
+    from components.engine import FaceEngine
 
-    return FaceDetector(params)
-
-
-@lru_cache(maxsize=2)
-def _embedder(model_path: str, batch_size: int):
-    from components.embed import Embedder
-
-    return Embedder(model_path, batch_size=batch_size)
+    return FaceEngine(params)
 
 
-def embedder_for(settings):
-    """The embedder to use: the registry's champion (components.track.registry), else the local model."""
-    try:
-        from components.track.registry import resolve
-    except ImportError:  # MLflow tracking not installed in this deployment: the local model
-        path = settings.model_path
-    else:
-        path = resolve("champion").path
-    return _embedder(str(path), settings.embed.batch_size)
+def model_for(store, settings):
+    """The model this store's faces are embedded with: its active model (components.engine.models).
+
+    Not the registry's champion directly: a newly promoted champion is used only after the
+    face_reembed DAG moved the store to it, so the store never mixes two models.
+    """
+    from components.engine import model_for_store
+
+    return model_for_store(store, settings)
 
 
 # -- pure helpers ---------------------------------------------------------------------------
@@ -268,18 +261,17 @@ def detect(shard_uri: str, *, settings=None) -> str:
     load_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    detections = _detector(settings.detect).detect(images) if images else []
+    detections = _engine(settings.detect).detect(images) if images else []
     detect_seconds = time.perf_counter() - started
 
     from components.detect import __version__ as detector_version
-    from components.pipeline.run import main_face_index
 
     faces, owners, indices = [], [], []
     new_photos = [index for index, photo in enumerate(photos) if photo["status"] == "new"]
-    for photo_index, image, found in zip(new_photos, images, detections):
-        photos[photo_index]["faces"] = len(found)
-        photos[photo_index]["main_face"] = main_face_index(found, image.shape)
-        for face_index, face in enumerate(found):
+    for photo_index, found in zip(new_photos, detections):
+        photos[photo_index]["faces"] = len(found.faces)
+        photos[photo_index]["main_face"] = found.main
+        for face_index, face in enumerate(found.faces):
             faces.append(face)
             owners.append(photo_index)
             indices.append(face_index)
@@ -347,9 +339,9 @@ def embed(detections_uri: str, *, settings=None) -> str:
     arrays = ws.read_npz(detections_uri)
     meta = json.loads(str(arrays["meta"]))
     rows = np.flatnonzero(np.array([not failures for failures in arrays["failures"]], bool))
-    embedder = embedder_for(settings)
+    model = model_for(_store(workspace.store_url), settings)
     started = time.perf_counter()
-    vectors = embedder.embed(arrays["crops"][rows]) if len(rows) else np.zeros((0, 128), np.float32)
+    vectors = _engine(settings.detect).embed(arrays["crops"][rows], model) if len(rows) else np.zeros((0, 128), np.float32)
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     ids = [f"{meta['photos'][int(arrays['photo'][row])]['sha256']}_{int(arrays['face_index'][row])}" for row in rows]
@@ -358,7 +350,7 @@ def embed(detections_uri: str, *, settings=None) -> str:
     if report is not None and not report.success:
         _reject(meta["batch_id"], "embeddings", report, meta["source"])
     out = {"batch_id": meta["batch_id"], "shard": meta["shard"], "detections": detections_uri,
-           "model_version": embedder.version if len(rows) else None, "faces": int(len(rows)),
+           "model_version": model.version, "registry_version": model.registry_version, "faces": int(len(rows)),
            "seconds": {"embed": embed_seconds, "validate": validate_seconds}}
     uri = workspace.batch(meta["batch_id"], "embeddings", f"{meta['shard']:05d}.npz")
     return ws.write_npz(uri, meta=np.array(json.dumps(out)), rows=rows.astype(np.int32),
@@ -376,8 +368,11 @@ def _jpeg(crop: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def store_shard(embeddings_uri: str, store, workspace: ws.Workspace) -> dict:
+def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, settings=None) -> dict:
     """Store one shard's photos, faces (with embeddings) and crops; one transaction per photo.
+
+    A shard embedded before a re-embed switched the store to a new model is embedded
+    again here with the store's model, so the store never holds two models' vectors.
 
     Returns:
         Counts (``photos_new``, ``already_stored``, ``rejected``, ``faces``, ``usable_faces``,
@@ -390,7 +385,12 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace) -> dict:
     out = json.loads(str(embedded["meta"]))
     arrays = ws.read_npz(out["detections"])
     meta = json.loads(str(arrays["meta"]))
-    vector_of = {int(row): vector for row, vector in zip(embedded["rows"], embedded["embeddings"])}
+    vectors = embedded["embeddings"]
+    model = model_for(store, settings or _settings())
+    if len(vectors) and out["model_version"] != model.version:
+        vectors = model.embedder.embed(arrays["crops"][embedded["rows"]])
+        out["model_version"] = model.version
+    vector_of = {int(row): vector for row, vector in zip(embedded["rows"], vectors)}
     counts = Counter()
     failures = Counter()
     for photo_index, photo in enumerate(meta["photos"]):
@@ -438,20 +438,20 @@ def assign(embedding_uris: list[str], *, at: str | datetime | None = None, setti
     Returns:
         URI of ``assign.json`` (counts, life-cycle report, seconds).
     """
-    from components.identities.lifecycle import Policy, assign_new, recluster_pool, utc_now
+    from components.identities.lifecycle import assign_new, policy_for_store, recluster_pool, utc_now
 
     settings = settings or _settings()
     workspace = _workspace(settings)
     if not embedding_uris:
         raise WorkflowError("assign needs the embeddings of at least one shard")
     store = _store(workspace.store_url)
-    shards = [store_shard(uri, store, workspace) for uri in sorted(embedding_uris)]
+    shards = [store_shard(uri, store, workspace, settings) for uri in sorted(embedding_uris)]
     batch_id = json.loads(str(ws.read_npz(sorted(embedding_uris)[0])["meta"]))["batch_id"]
     now = parse_at(at) or utc_now()
     started = time.perf_counter()
     # Window T belongs to face_recluster (scheduled); here the pool is re-clustered only when
     # recluster_pool_size fresh faces wait (or the store was never clustered).
-    policy = replace(Policy.from_settings(settings), recluster_every_s=float("inf"))
+    policy = replace(policy_for_store(store, settings), recluster_every_s=float("inf"))
     lifecycle = {"assign": assign_new(store, policy, now=now), "pool": recluster_pool(store, policy, now=now)}
     assign_seconds = time.perf_counter() - started
     totals = Counter()
@@ -462,7 +462,7 @@ def assign(embedding_uris: list[str], *, at: str | datetime | None = None, setti
     result = {"batch_id": batch_id, "at": now.isoformat(), "shards": len(shards), **totals,
               "face_failures": dict(failures), "lifecycle": lifecycle,
               "seconds": {"store": sum(counts["seconds"] for counts in shards), "assign": assign_seconds},
-              "store": store.counts()}
+              "store": store.counts(), "model": store.model("active").describe()}
     return ws.write_json(workspace.batch(batch_id, "assign.json"), result)
 
 
@@ -490,6 +490,7 @@ def batch_metrics(assign_uri: str) -> dict:
         "already_stored": result.get("already_stored", 0), "rejected": result.get("rejected", 0),
         "faces": result.get("faces", 0), "usable_faces": result.get("usable_faces", 0),
         "face_failures": result["face_failures"], "lifecycle": result["lifecycle"], "store": result["store"],
+        "model_version": result["model"]["model_version"], "assign_threshold": result["model"]["thresholds"]["assign"],
         "seconds": {key: round(value, 4) for key, value in seconds.items()},
     }
 
@@ -506,13 +507,14 @@ def record_metrics(assign_uri: str, *, settings=None) -> str:
     workspace = _workspace(settings)
     metrics = batch_metrics(assign_uri)
     batch_id = metrics["batch_id"]
-    from components.pipeline.run import component_versions
+    from components.engine import step_versions
 
-    metrics["versions"] = {**component_versions(), "workflow": _version()}
+    metrics["versions"] = {**step_versions(), "workflow": _version()}
     metrics["mlflow_run"] = log_once(
         EXPERIMENT, batch_id, run_name=batch_id,
         params={"batch_id": batch_id, "source": metrics["source"], "shard_size": settings.workflow.shard_size,
-                "detect.max_side": settings.detect.max_side, "identities.assign_threshold": settings.identities.assign_threshold},
+                "detect.max_side": settings.detect.max_side,
+                "identities.assign_threshold": metrics["assign_threshold"], "model_version": metrics["model_version"]},
         metrics={key: metrics[key] for key in ("photos", "photos_new", "already_stored", "rejected", "faces",
                                                "usable_faces", "seconds", "lifecycle", "store")},
         json_artifacts={"batch_metrics.json": metrics}, tags={"faces.batch_id": batch_id, "faces.outcome": "ingested"},

@@ -83,7 +83,7 @@ def recluster(*, at: str | datetime | None = None, force: bool = False, track: b
         URI of the report JSON (``lifecycle``: what the pool step did; ``clustering``:
         the store's metrics; ``mlflow_run``).
     """
-    from components.identities.lifecycle import Policy, recluster_pool, utc_now
+    from components.identities.lifecycle import policy_for_store, recluster_pool, utc_now
     from components.identities.store import last_recluster_at
     from components.report.metrics import clustering_summary
 
@@ -93,6 +93,7 @@ def recluster(*, at: str | datetime | None = None, force: bool = False, track: b
     now = parse_at(at) or utc_now()
     key = time_key(now)
     started = time.perf_counter()
+    policy = policy_for_store(store, settings)
     with store.session() as session:
         last = last_recluster_at(session)
     if last is not None and last == now:
@@ -100,7 +101,7 @@ def recluster(*, at: str | datetime | None = None, force: bool = False, track: b
         # `force` must not cluster twice for one scheduled moment.
         lifecycle = {"due": False, "already_done_at": now.isoformat()}
     else:
-        lifecycle = recluster_pool(store, Policy.from_settings(settings), now=now, force=force)
+        lifecycle = recluster_pool(store, policy, now=now, force=force)
     cluster_seconds = time.perf_counter() - started
 
     faces = store.usable_faces()
@@ -127,8 +128,8 @@ def recluster(*, at: str | datetime | None = None, force: bool = False, track: b
 
         report["mlflow_run"] = log_once(
             EXPERIMENT, key, run_name=f"recluster {key}",
-            params={"at": now.isoformat(), "force": force, "cluster.threshold": settings.cluster.threshold,
-                    "identities.assign_threshold": settings.identities.assign_threshold,
+            params={"at": now.isoformat(), "force": force, "cluster.threshold": policy.cluster_threshold,
+                    "identities.assign_threshold": policy.assign_threshold,
                     "identities.recluster_every_s": settings.identities.recluster_every_s},
             metrics={"lifecycle": lifecycle, "clustering": report["clustering"] or {}, "store": report["store"]},
             json_artifacts={"recluster.json": report}, figures={"tsne.png": figure} if figure is not None else None,

@@ -99,14 +99,16 @@ def champion_changed(outcome: dict) -> bool:
     return bool(decision.get("decision") == "promote" or (after is not None and after != before))
 
 
-def reload_serving(outcome_uri: str, *, url: str | None = None, api_key: str | None = None, timeout_s: float = 30) -> dict:
-    """Ask the serving service to load the new champion, when there is one.
+def reload_serving(outcome_uri: str, *, url: str | None = None, api_key: str | None = None, timeout_s: float = 30,
+                   force: bool = False) -> dict:
+    """Ask the serving service to load the store's model, when it changed.
 
     Args:
-        outcome_uri: what :func:`retrain` returned.
+        outcome_uri: what :func:`retrain` returned (or a re-embed report, with ``force``).
         url: the service's base URL; default ``$FACES_SERVING_URL`` (unset: nothing to tell).
         api_key: default ``$FACES_API_KEY``.
         timeout_s: HTTP timeout.
+        force: tell serving whatever the outcome says (face_reembed calls it after a switch).
 
     Returns:
         ``{"reloaded": bool, "reason": str, "status": int | None, "response": ...}``.
@@ -116,7 +118,7 @@ def reload_serving(outcome_uri: str, *, url: str | None = None, api_key: str | N
             will not help). Connection errors and 5xx propagate as OSError, so the task retries.
     """
     outcome = ws.read_json(outcome_uri)
-    if not champion_changed(outcome):
+    if not force and not champion_changed(outcome):
         return {"reloaded": False, "reason": "the champion did not change", "status": None}
     url = url or os.environ.get("FACES_SERVING_URL", "")
     if not url:

@@ -109,6 +109,9 @@ class Workspace:
                 )
             Path(root).mkdir(parents=True, exist_ok=True)
             store_url = f"sqlite:///{Path(root).resolve() / 'faces.db'}"
+        if "://" not in root:
+            # Crop paths are stored in the identity store: absolute, so any process can read them.
+            root = str(Path(root).resolve())
         return cls(root=root.rstrip("/"), store_url=store_url)
 
     def batch(self, batch_id: str, *parts: str) -> str:

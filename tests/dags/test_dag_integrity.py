@@ -13,7 +13,7 @@ import pytest
 
 from tests.dags.conftest import REPO, run
 
-EXPECTED = {"face_ingest", "face_recluster", "face_retrain"}
+EXPECTED = {"face_ingest", "face_recluster", "face_retrain", "face_reembed"}
 HEAVY = ("tensorflow", "keras", "mtcnn", "mlflow", "great_expectations", "sklearn", "bentoml", "minio")
 
 PROBE = """

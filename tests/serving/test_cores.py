@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.serving.engine import FaceResult
+from components.detect import Face
+from components.engine import PhotoFaces
 from components.serving.errors import ServingError
 from components.serving.identities import MedoidSet, match_faces
 from components.serving.model import ModelHolder, ModelUnavailable
@@ -33,8 +34,8 @@ def unit(vector) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def face(embedding, size=80.0, failures=()) -> FaceResult:
-    return FaceResult((10.0, 10.0, size, size), np.zeros((5, 2)), 0.99, 1.0, list(failures), unit(embedding))
+def face(embedding, size=80.0, failures=(), at=(10.0, 10.0)) -> Face:
+    return Face((*at, size, size), np.zeros((5, 2)), 0.99, None, 1.0, list(failures), unit(embedding), "m+1")
 
 
 def status_of(call) -> tuple[int, str]:
@@ -101,15 +102,22 @@ def test_matching_respects_threshold_and_cannot_link():
     assert match_faces(faces, MedoidSet("m+1", np.array([], np.int64), [], np.zeros((0, 0))), 0.9)[0].identity_id is None
 
 
-def test_verify_answer_uses_the_largest_usable_face_and_needs_faces():
-    a = [face([1, 0, 0], size=200, failures=["blur"]), face([0.6, 0.8, 0], size=60)]
-    b = [face([0.6, 0.8, 0])]
+def test_verify_answer_finds_the_person_of_b_anywhere_in_a_and_needs_faces():
+    # A group photo: a blurred face, a stranger, and (small, off-centre) the person of B.
+    a = PhotoFaces([face([1, 0, 0], size=200, failures=["blur"]), face([0, 0, 1], size=150),
+                    face([0.6, 0.8, 0], size=60, at=(300.0, 10.0))], 1, (400, 400))
+    b = PhotoFaces([face([0.6, 0.8, 0])], 0, (100, 100))
     answer = verify_answer(a, b, (2.0, 1.0), 0.9, MODEL)
     assert answer["same"] is True and answer["similarity"] == pytest.approx(1.0, abs=1e-4)
-    assert answer["photo_a"]["box"] == [20.0, 20.0, 120.0, 120.0]  # scaled back to the upload
-    assert answer["model_version"] == "m+1" and answer["faces"] == [2, 1]
+    assert answer["photo_a"]["box"] == [600.0, 20.0, 120.0, 120.0]  # the match, scaled back to the upload
+    assert [entry["similarity"] for entry in answer["faces_a"]] == [None, pytest.approx(0.0, abs=1e-4),
+                                                                      pytest.approx(1.0, abs=1e-4)]
+    assert answer["model_version"] == "m+1" and answer["faces"] == [3, 1]
+    stranger = PhotoFaces([face([0, 0, 1])], 0, (100, 100))
+    assert verify_answer(a, stranger, (1.0, 1.0), 0.9, MODEL)["photo_a"]["box"] == [10.0, 10.0, 150.0, 150.0]
+    assert verify_answer(PhotoFaces(a.faces[2:], 0, (400, 400)), stranger, (1.0, 1.0), 0.9, MODEL)["same"] is False
     with pytest.raises(ServingError) as caught:
-        verify_answer(a, [], (1.0, 1.0), 0.9, MODEL)
+        verify_answer(a, PhotoFaces([], None, (100, 100)), (1.0, 1.0), 0.9, MODEL)
     assert (caught.value.status, caught.value.code, caught.value.field) == (422, "no_face", "photo_b")
 
 
