@@ -158,10 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("verify", help="are the main faces of two photos the same person? (JSON)")
+    p = sub.add_parser("verify", help="is the person of photo B anywhere in photo A? (JSON, every face of A scored)")
     p.add_argument("photo_a")
     p.add_argument("photo_b")
-    p.add_argument("--threshold", type=float, help="cosine similarity threshold (default: verify.threshold)")
+    p.add_argument("--threshold", type=float, help="cosine similarity threshold (default: the model's own verify threshold)")
     p.set_defaults(func=cmd_verify)
 
     bench = sub.add_parser("bench", help="benchmarks; each writes JSON under bench/results/")
@@ -214,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     from components.train.commands import add_parsers as add_training_parsers  # train, retrain
 
     add_training_parsers(sub)
+
+    from components.track.commands import add_parsers as add_models_parsers  # models list|show|promote|calibrate
+
+    add_models_parsers(sub)
+
+    from components.engine.commands import add_parsers as add_reembed_parsers  # reembed
+
+    add_reembed_parsers(sub)
 
     p = sub.add_parser("identities", help="list, show, rename, merge, split or delete identities")
     p.add_argument("--db", help="SQLAlchemy URL of the identity store (default: sqlite in run.out_dir)")

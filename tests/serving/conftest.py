@@ -10,10 +10,8 @@ at the end, even on failure.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import yaml
 
 from components.serving.launch import free_port, start_server, stop_server, wait_ready
 from components.settings import PROJECT_ROOT, load_settings
+from tests.fixtures.models import perturbed_copy
 
 LFW = PROJECT_ROOT / "data" / "lfw" / "images_deepfunneled"
 STORE_PEOPLE = ("Colin_Powell", "Tony_Blair", "Gerhard_Schroeder", "Hugo_Chavez")
@@ -49,27 +48,6 @@ def first_pairs() -> tuple[tuple[Path, Path], tuple[Path, Path]]:
         if same and different:
             return same, different
     raise AssertionError("pairs.txt holds no same and different pairs")
-
-
-def perturbed_copy(model: Path, target: Path, factor: float = 1.02) -> Path:
-    """A copy of a .keras model with one weight tensor scaled: a different model version."""
-    import h5py
-    import numpy as np
-
-    work = target.parent / "perturb"
-    work.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(model) as archive:
-        archive.extractall(work)
-    with h5py.File(work / "model.weights.h5", "r+") as weights:
-        datasets = []
-        weights.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) and obj.ndim == 4 else None)
-        last = datasets[-1]
-        last[...] = np.asarray(last) * factor
-    with zipfile.ZipFile(target, "w") as archive:
-        for name in ("metadata.json", "config.json", "model.weights.h5"):
-            archive.write(work / name, name)
-    shutil.rmtree(work)
-    return target
 
 
 @dataclass
