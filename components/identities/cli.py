@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from components.identities import operations
+from components.identities.crops import crops_root_for
 from components.identities.lifecycle import Policy
 from components.identities.store import IdentityStore
 
@@ -29,16 +30,14 @@ def default_url(settings) -> str:
     return f"sqlite:///{Path(settings.run.out_dir) / 'faces.db'}"
 
 
-def crops_root(url: str, settings) -> Path:
-    """The folder the stored crop paths are relative to.
+def crops_root(url: str, settings) -> str:
+    """Where the stored relative crop paths start (a folder or ``s3://bucket/prefix``).
 
-    For a SQLite store, the folder holding the file (``faces run`` writes the store
-    and the crops side by side); for a server database, ``run.out_dir``.
+    ``$FACES_CROPS_ROOT`` when set; else, for a SQLite store, the folder holding the
+    file (``faces run`` writes the store and the crops side by side); else
+    ``run.out_dir``. Crops stored as ``s3://`` URIs or absolute paths need no root.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return Path(parsed.database).resolve().parent
-    return Path(settings.run.out_dir)
+    return crops_root_for(url) or str(Path(settings.run.out_dir))
 
 
 def actor() -> str:

@@ -8,7 +8,8 @@ meant for the user, and changes nothing.
 
 Deleting an identity (privacy): the identity row, its assignments, and its
 faces' rows are deleted — so the embeddings, boxes and landmarks are gone, not
-just nulled — and the faces' crop files are removed from disk. The photos
+just nulled — and the faces' crops are removed where they are stored (a local
+folder or S3, see :mod:`components.identities.crops`). The photos
 themselves stay (they are the user's files, not derived from the identity), and
 so does their sha256: the next ``faces run`` over the same folder therefore
 skips those photos and does not bring the person back. Earlier events of the
@@ -22,13 +23,15 @@ embeddings (names still survive it).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from sqlalchemy import delete, select, update
 
 from components.identities import store as db
+from components.identities.crops import CropLocationError, delete_crops
 from components.identities.lifecycle import Clock, Policy, refresh_identities, utc_now
+from components.storage import StorageError
 
 NAME_MAX = 512
 REDACTED = "[deleted]"
@@ -112,29 +115,6 @@ def check_split(identity: int, face_ids: Iterable[int], members: set[int]) -> li
     if len(faces) == len(members):
         raise IdentityError(f"that is every face of identity {identity}; nothing would be left (rename it instead)")
     return faces
-
-
-def crop_files(crop_paths: Iterable[str | None], root: Path) -> tuple[list[Path], list[str]]:
-    """Where the crops are on disk; paths that would leave ``root`` are refused.
-
-    Args:
-        crop_paths: as stored (relative to the run's output folder).
-        root: that output folder.
-
-    Returns:
-        (files to remove, stored paths refused because they point outside ``root``).
-    """
-    root = Path(root).resolve()
-    files, refused = [], []
-    for stored in crop_paths:
-        if not stored:
-            continue
-        path = (root / stored).resolve()
-        if path == root or root not in path.parents:
-            refused.append(stored)
-        else:
-            files.append(path)
-    return files, refused
 
 
 def redact_names(details: dict) -> dict:
@@ -282,18 +262,22 @@ def _merged_into(session, identity_id: int) -> set[int]:
     return found
 
 
-def delete_identity(store: db.IdentityStore, identity_id: int, *, crops_root: Path, actor: str = "user",
-                    clock: Clock = utc_now) -> dict:
+def delete_identity(store: db.IdentityStore, identity_id: int, *, crops_root: str | os.PathLike[str] | None,
+                    actor: str = "user", clock: Clock = utc_now) -> dict:
     """Delete an identity and everything derived from it (see the module docstring).
 
-    The crop files are removed last, inside the transaction: if one cannot be
-    removed, nothing in the store changes and running the delete again finishes
-    the job (crops already gone are fine).
+    The crops are removed last, inside the transaction: if one cannot be removed
+    (permissions, an unreachable S3 server), nothing in the store changes and
+    running the delete again finishes the job (crops already gone are fine).
+    Crops stored as ``s3://`` URIs are deleted in S3; local crop files only inside
+    ``crops_root`` (others are counted as refused and left alone).
 
     Args:
         store: the identity store.
         identity_id: the identity to delete.
-        crops_root: the run's output folder, which the stored crop paths are relative to.
+        crops_root: where relative crop paths start: the run's output folder, or an
+            ``s3://bucket/prefix`` (see :func:`components.identities.crops.crops_root_for`);
+            None when no root is known (then relative crop paths are an error).
         actor: who asked.
         clock: time of the event.
 
@@ -302,7 +286,8 @@ def delete_identity(store: db.IdentityStore, identity_id: int, *, crops_root: Pa
 
     Raises:
         UnknownIdentityError: no such identity.
-        IdentityError: a crop file that exists but could not be removed.
+        IdentityError: a crop that exists but could not be removed, or relative crop
+            paths without a crops root.
     """
     identity_id = int(identity_id)
     now = clock()
@@ -313,7 +298,6 @@ def delete_identity(store: db.IdentityStore, identity_id: int, *, crops_root: Pa
             .where(db.AssignmentRow.identity_id == identity_id).order_by(db.FaceRow.id)
         ).all()
         face_ids = [int(row.id) for row in rows]
-        files, refused = crop_files((row.crop_path for row in rows), crops_root)
         session.execute(delete(db.AssignmentRow).where(db.AssignmentRow.identity_id == identity_id))
         session.execute(delete(db.IdentityRow).where(db.IdentityRow.id == identity_id))
         for start in range(0, len(face_ids), 500):
@@ -327,26 +311,25 @@ def delete_identity(store: db.IdentityStore, identity_id: int, *, crops_root: Pa
             redacted = redact_names(event.details or {})
             if redacted != event.details:
                 event.details = redacted
-        removed = missing = 0
-        for path in files:
-            try:
-                path.unlink()
-                removed += 1
-            except FileNotFoundError:
-                missing += 1
-            except OSError as error:
-                raise _unlink_error(path, error) from None
-        result = {"id": identity_id, "faces_deleted": len(face_ids), "crops_removed": removed, "crops_missing": missing,
-                  "crops_refused": len(refused)}
+        try:
+            crops = delete_crops([row.crop_path for row in rows], crops_root)
+        except StorageError as error:
+            if isinstance(error, CropLocationError) or error.code == "config":
+                # Relative paths without a root, or S3 settings missing: found before deleting anything.
+                raise IdentityError(f"cannot delete the crops of identity {identity_id}: {error.reason}; "
+                                    "nothing was deleted") from None
+            raise _removal_error(error) from None
+        result = {"id": identity_id, "faces_deleted": len(face_ids), "crops_removed": len(crops.deleted),
+                  "crops_missing": len(crops.missing), "crops_refused": len(crops.refused)}
         db.add_event(session, identity_id, "deleted", {"face_ids": face_ids, **{k: v for k, v in result.items() if k != "id"}},
                      now, actor)
         session.flush()
         return result
 
 
-def _unlink_error(path: Path, error: OSError) -> IdentityError:
-    return IdentityError(f"could not remove crop {path} ({error.strerror or error}); the store was left unchanged "
-                         "(crops already removed stay removed): fix the permissions and run the delete again")
+def _removal_error(error: StorageError) -> IdentityError:
+    return IdentityError(f"could not remove crop {error.uri} ({error.reason}); the store was left unchanged "
+                         "(crops already removed stay removed): fix the cause and run the delete again")
 
 
 def show(store: db.IdentityStore, identity_id: int) -> dict:

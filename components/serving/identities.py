@@ -12,18 +12,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
+from components.identities.crops import CROPS_ROOT_ENV, CropReader, crops_root_for  # noqa: F401 (re-exported)
 from components.identities.store import EMBEDDING_DTYPE, FaceRow, IdentityRow, IdentityStore
-from components.images import BadImageError, load_image
-
-CROPS_ROOT_ENV = "FACES_CROPS_ROOT"
+from components.images import BadImageError, load_image_bytes
 
 
 @dataclass
@@ -63,16 +60,6 @@ class Match:
     similarity: float | None  # to the best medoid, matched or not
 
 
-def default_crops_root(url: str) -> Path | None:
-    """Where the store's relative crop paths start: ``$FACES_CROPS_ROOT``, else a SQLite file's folder."""
-    if os.environ.get(CROPS_ROOT_ENV):
-        return Path(os.environ[CROPS_ROOT_ENV])
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        return Path(parsed.database).resolve().parent
-    return None
-
-
 def read_medoids(store: IdentityStore) -> list[MedoidRow]:
     """Every identity's medoid (id order): name, stored embedding, its model version, crop path."""
     with store.session() as session:
@@ -89,19 +76,24 @@ def read_medoids(store: IdentityStore) -> list[MedoidRow]:
     ]
 
 
-def read_crop(crop_path: str | None, root: Path | None) -> np.ndarray | None:
-    """An aligned crop from the store's path (relative to ``root``), or None when unreadable."""
-    if not crop_path:
-        return None
-    path = Path(crop_path)
-    if not path.is_absolute():
-        if root is None:
-            return None
-        path = root / path
-    try:
-        return load_image(path)
-    except BadImageError:
-        return None
+def read_crop(crop_path: str | None, root: str | os.PathLike[str] | None) -> np.ndarray | None:
+    """An aligned crop from the store's location (relative to ``root``, a local file or
+    an ``s3://`` object), or None when unreadable."""
+    return read_crops([crop_path], root)[0]
+
+
+def read_crops(crop_paths: Sequence[str | None], root: str | os.PathLike[str] | None) -> list[np.ndarray | None]:
+    """Aligned crops from the store's locations, read concurrently; None for each unreadable one."""
+    wanted = [index for index, path in enumerate(crop_paths) if path]
+    found: list[np.ndarray | None] = [None] * len(crop_paths)
+    blobs = CropReader(root).read_many([crop_paths[index] for index in wanted], errors="return")
+    for index, blob in zip(wanted, blobs):
+        if isinstance(blob, bytes):
+            try:
+                found[index] = load_image_bytes(blob)
+            except BadImageError:
+                pass
+    return found
 
 
 def match_faces(embeddings: np.ndarray, medoids: MedoidSet, threshold: float) -> list[Match]:
@@ -146,13 +138,15 @@ class IdentityIndex:
     Args:
         url: SQLAlchemy URL of the store (``FACES_STORE_URL``).
         refresh_s: how old a cached read may get.
-        crops_root: where relative crop paths start (default :func:`default_crops_root`).
+        crops_root: where relative crop paths start, a folder or ``s3://bucket/prefix``
+            (default :func:`components.identities.crops.crops_root_for`: ``$FACES_CROPS_ROOT``,
+            else the SQLite file's folder).
     """
 
-    def __init__(self, url: str, refresh_s: float = 10.0, crops_root: Path | None = None) -> None:
+    def __init__(self, url: str, refresh_s: float = 10.0, crops_root: str | os.PathLike[str] | None = None) -> None:
         self.url = url
         self.refresh_s = float(refresh_s)
-        self.crops_root = crops_root if crops_root is not None else default_crops_root(url)
+        self.crops_root = crops_root if crops_root is not None else crops_root_for(url)
         self._store: IdentityStore | None = None
         self._cached: MedoidSet | None = None
         self._lock = asyncio.Lock()
@@ -189,7 +183,7 @@ class IdentityIndex:
         stale = [row for row in rows if not (row.embedding is not None and row.model_version == model_version)]
         unavailable = 0
         if stale:
-            crops = await asyncio.to_thread(lambda: [read_crop(row.crop_path, self.crops_root) for row in stale])
+            crops = await asyncio.to_thread(read_crops, [row.crop_path for row in stale], self.crops_root)
             usable = [(row, crop) for row, crop in zip(stale, crops)
                       if crop is not None and crop.shape[:2] == (150, 150)]
             unavailable = len(stale) - len(usable)

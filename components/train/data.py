@@ -29,6 +29,7 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CROP_SIZE = 150
+_READ_BATCH = 512  # crops read concurrently by from_store, then decoded
 
 
 class TrainingDataError(ValueError):
@@ -104,15 +105,35 @@ def read_crop(path: Path, size: int = CROP_SIZE) -> np.ndarray:
     Raises:
         TrainingDataError: unreadable file or wrong size (crops must already be aligned).
     """
+    return _decode_crop(path, str(path), size)
+
+
+def decode_crop(data: bytes, name: str = "<bytes>", size: int = CROP_SIZE) -> np.ndarray:
+    """One aligned crop from its encoded bytes (JPEG, PNG) as (size, size, 3) uint8 RGB.
+
+    Args:
+        data: the encoded image.
+        name: where it came from, for error messages.
+        size: the side aligned crops have.
+
+    Raises:
+        TrainingDataError: not a readable image, or wrong size.
+    """
+    import io
+
+    return _decode_crop(io.BytesIO(data), name, size)
+
+
+def _decode_crop(source, name: str, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             array = np.asarray(image.convert("RGB"))
     except (OSError, UnidentifiedImageError) as error:
-        raise TrainingDataError(f"{path}: not a readable image ({error})") from error
+        raise TrainingDataError(f"{name}: not a readable image ({error})") from error
     if array.shape[:2] != (size, size):
-        raise TrainingDataError(f"{path}: {array.shape[1]}x{array.shape[0]} pixels; aligned crops are {size}x{size} "
+        raise TrainingDataError(f"{name}: {array.shape[1]}x{array.shape[0]} pixels; aligned crops are {size}x{size} "
                                 "(align photos first: `faces run` writes aligned crops)")
     return array
 
@@ -226,38 +247,30 @@ def select_self_labels(embeddings: np.ndarray, identity: np.ndarray, photo_ids: 
     return SelfLabels(rows.astype(np.int64), labels.astype(np.int64), identities, cohesion, links, dropped)
 
 
-def default_crops_root(url: str) -> Path | None:
-    """Where a store's relative crop paths start: ``$FACES_CROPS_ROOT``, else a SQLite file's folder.
-
-    ``faces run`` stores crop paths relative to its output folder, where the SQLite store lives too.
-    """
-    import os
-
-    if os.environ.get("FACES_CROPS_ROOT"):
-        return Path(os.environ["FACES_CROPS_ROOT"])
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).resolve().parent
-    return None
-
-
 def from_store(store, min_faces: int, min_cohesion: float, crops_root: str | Path | None = None
                ) -> tuple[LabelledFaces, SelfLabels]:
     """Self-labelled training data from an identity store: its identities' crops.
 
+    Crops are read wherever the store says they are (relative paths, local files,
+    ``s3://`` objects) through :mod:`components.identities.crops`, many at a time.
+
     Args:
         store: :class:`components.identities.IdentityStore`.
         min_faces, min_cohesion: see :func:`select_self_labels`.
-        crops_root: where relative crop paths start (default :func:`default_crops_root`).
+        crops_root: where relative crop paths start, a folder or ``s3://bucket/prefix``
+            (default :func:`components.identities.crops.crops_root_for`: ``$FACES_CROPS_ROOT``,
+            else the SQLite file's folder).
 
     Returns:
         The crops with dense labels (classes are identity ids), and the selection report.
 
     Raises:
-        TrainingDataError: a crop file is missing or unreadable.
+        TrainingDataError: a crop is missing or unreadable.
     """
     from sqlalchemy import select
 
     from components.identities import store as db
+    from components.identities.crops import CropLocationError, CropReader, crops_root_for
 
     with store.session() as session:
         rows = session.execute(
@@ -273,20 +286,24 @@ def from_store(store, min_faces: int, min_cohesion: float, crops_root: str | Pat
     identity = np.array([row.identity_id for row in rows], np.int64)
     photos = np.array([row.image_id for row in rows], np.int64)
     chosen = select_self_labels(embeddings, identity, photos, min_faces, min_cohesion)
-    crops = []
     for row in chosen.rows:
-        path = rows[row].crop_path
-        if not path:
+        if not rows[row].crop_path:
             raise TrainingDataError(f"face {rows[row].id} has no crop file; re-run `faces run` to write crops")
-        path = Path(path)
-        if not path.is_absolute():
-            root = Path(crops_root) if crops_root else default_crops_root(store.url)
-            if root is None:
-                raise TrainingDataError(f"face {rows[row].id}: crop path {path} is relative; set FACES_CROPS_ROOT "
-                                        "to the folder `faces run` wrote")
-            path = root / path
-        crops.append(read_crop(path))
-    x = np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    reader = CropReader(crops_root if crops_root else crops_root_for(store.url))
+    x = np.zeros((len(chosen.rows), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    for start in range(0, len(chosen.rows), _READ_BATCH):  # bounded memory: a batch of encoded crops at a time
+        batch = chosen.rows[start : start + _READ_BATCH]
+        blobs = reader.read_many([rows[row].crop_path for row in batch], errors="return")
+        for offset, (row, blob) in enumerate(zip(batch, blobs)):
+            face, stored = rows[row].id, rows[row].crop_path
+            if isinstance(blob, CropLocationError) and blob.code == "config":
+                raise TrainingDataError(f"face {face}: crop path {stored} is relative and no crops root is known; "
+                                        "set FACES_CROPS_ROOT to the folder (or s3://bucket/prefix) the crops were "
+                                        "written under") from blob
+            if isinstance(blob, Exception):
+                raise TrainingDataError(f"face {face}: cannot read its crop {stored}: {blob.reason} [{blob.code}]"
+                                        ) from blob
+            x[start + offset] = decode_crop(blob, f"face {face}: {stored}")
     data = LabelledFaces(x, chosen.labels, [str(k) for k in chosen.identities], photos[chosen.rows],
                          np.array([rows[r].id for r in chosen.rows], np.int64), chosen.cannot_link)
     return data, chosen

@@ -19,7 +19,6 @@ from components.identities.operations import (
     check_merge,
     check_split,
     clean_name,
-    crop_files,
     merge_conflicts,
     redact_names,
 )
@@ -72,12 +71,6 @@ def test_check_split():
 def test_merge_conflicts():
     assert merge_conflicts({1: {100: 1, 101: 2}, 2: {102: 3}}) == {}
     assert merge_conflicts({1: {100: 1, 101: 2}, 2: {101: 7}}) == {101: [2, 7]}
-
-
-def test_crop_files_stay_inside_the_root(tmp_path):
-    files, refused = crop_files(["crops/a.jpg", None, "../../etc/passwd", "/etc/hosts", ""], tmp_path)
-    assert files == [(tmp_path / "crops" / "a.jpg").resolve()]
-    assert refused == ["../../etc/passwd", "/etc/hosts"]
 
 
 def test_redact_names():
@@ -309,6 +302,16 @@ def test_delete_that_cannot_remove_a_crop_changes_nothing_in_the_store(world, mo
     # Run again: finishes, crops already removed count as missing.
     result = operations.delete_identity(world.store, identity, crops_root=world.root, clock=clock(6))
     assert result["crops_removed"] + result["crops_missing"] == result["faces_deleted"]
+
+
+def test_delete_without_a_crops_root_changes_nothing(world):
+    identity = world.identity_of_person[1]
+    before = world.state()
+    with pytest.raises(IdentityError, match="FACES_CROPS_ROOT.*nothing was deleted"):
+        operations.delete_identity(world.store, identity, crops_root=None, clock=clock(5))
+    assert world.state() == before
+    result = operations.delete_identity(world.store, identity, crops_root=str(world.root), clock=clock(6))
+    assert result["crops_removed"] == result["faces_deleted"] == len(before["crops"]) - len(world.state()["crops"])
 
 
 def test_delete_unknown_identity(world):
