@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_parsers(sub)
 
-    from components.track.commands import add_parsers as add_models_parsers  # models list|show|promote|calibrate
+    from components.train.model_commands import add_parsers as add_models_parsers  # models list|show|promote|calibrate
 
     add_models_parsers(sub)
 

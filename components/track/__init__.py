@@ -9,7 +9,9 @@ the database file.
 
 :func:`start_run` opens a run that already carries what makes it reproducible:
 every component's ``__version__`` and the data version (the md5 in ``data.dvc``).
-The model registry lives in :mod:`components.track.registry`.
+The model registry lives in :mod:`components.track.registry` (a model version = weights +
+its calibrated thresholds); ``faces models`` (:mod:`components.train.model_commands`) lists,
+calibrates (:mod:`components.train.calibration`) and promotes versions.
 
 Importing this package does not import MLflow; the first run does.
 """
