@@ -1,21 +1,10 @@
-"""faces: self-hosted, unsupervised face recognition.
+"""components: the steps of self-hosted, unsupervised face recognition.
 
-The verb API (detect, align, embed, distance, verify) lives in :mod:`components.api`
-and is re-exported here lazily, so importing the package stays cheap (no TensorFlow
-until a model is used).
+One sub-package per versioned step (images, detect, embed, cluster, identities,
+report, ...). The verb API (detect, align, embed, distance, verify) is the
+top-level package :mod:`faces` (defined in :mod:`components.api`): it is not
+re-exported here, where the sub-packages ``components.detect`` and
+``components.embed`` would shadow the verbs of the same name.
 """
 
 __version__ = "0.1.0"
-
-_API = {"detect", "align", "embed", "distance", "verify"}
-
-
-def __getattr__(name: str):
-    if name in _API:
-        from components import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'components' has no attribute {name!r}")
-
-
-__all__ = sorted(_API)
