@@ -1,8 +1,9 @@
 """``faces bench lfw-verify``: LFW View 2 verification, our engine beside dlib's.
 
-Both pipelines see the same photos and pairs. For each photo the face nearest the
-centre is LFW's subject. A photo where a pipeline finds no face scores below every
-real pair (counted against that pipeline, and reported).
+Both pipelines see the same photos and pairs. For each photo the main face (ours:
+the engine's rule, the usable face nearest the centre) is LFW's subject. A photo
+where a pipeline finds no face scores below every real pair (counted against that
+pipeline, and reported).
 
 Accuracy needs every photo of ``pairs.txt`` embedded by each pipeline; those
 embeddings are cached under ``bench/cache`` by pipeline version, so a re-run does
@@ -27,13 +28,13 @@ from tqdm import tqdm
 
 from components.bench import save_result
 from components import detect as detect_step
+from components import engine as engine_step
 from components.bench import reference_dlib
-from components.bench.verification import verification_report
+from components.report.verification import verification_report
 from components.datasets.lfw import LFW_ROOT_DEFAULT, read_pairs
 from components.detect import FaceDetector
 from components.embed import Embedder
 from components.images import load_image
-from components.pipeline.run import main_face_index
 from components.settings import PROJECT_ROOT, Settings
 
 CHUNK = 256
@@ -49,14 +50,14 @@ class EnginePipeline:
 
     @property
     def version(self) -> str:
-        return f"detect-{detect_step.__version__}_{self.embedder.version}"
+        return f"detect-{detect_step.__version__}_engine-{engine_step.__version__}_{self.embedder.version}"
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         detections = self.detector.detect(images)
         vectors = np.zeros((len(images), 128), np.float32)
         rows, crops = [], []
         for row, (image, faces) in enumerate(zip(images, detections)):
-            main = main_face_index(faces, image.shape)
+            main = engine_step.main_face_index(faces, image.shape)
             if main is not None:
                 rows.append(row)
                 crops.append(faces[main].crop)

@@ -2,13 +2,15 @@
 
 Retraining on the LFW stream and evaluating on held-out LFW people needs aligned
 crops of all 13,233 photos; MTCNN over them takes minutes on two cores, so the crops
-are kept under ``bench/cache/lfw_faces/<detector version>/`` in chunks (a killed run
-resumes at the first missing chunk) and assembled into one memory-mapped array.
+are kept under ``bench/cache/lfw_faces/<detector and engine versions>/`` in chunks (a
+killed run resumes at the first missing chunk) and assembled into one memory-mapped
+array.
 
-Per photo every face that passes the quality gates is kept, plus the face nearest the
-centre (LFW's subject, kept even when it fails a gate, as ``faces bench lfw-verify``
-does): the extra faces make the stream realistic (bystanders, unlabelled) and give the
-cannot-link pairs (two faces of one photo).
+Per photo every face that passes the quality gates is kept, plus its main face (the
+engine's rule, :func:`components.engine.main_face_index`: LFW's subject, kept even
+when it fails a gate, as ``faces bench lfw-verify`` does): the extra faces make the
+stream realistic (bystanders, unlabelled) and give the cannot-link pairs (two faces
+of one photo).
 """
 
 from __future__ import annotations
@@ -56,15 +58,17 @@ class LFWFaces:
 
 
 def _detector_version(settings: Settings) -> str:
-    from components import detect
+    """The cache key of the faces: detector, its gates, and the engine (the main-face rule)."""
+    from components import detect, engine
 
     p = settings.detect
-    return f"detect-{detect.__version__}_c{p.min_confidence}_px{p.min_face_px}_b{p.min_blur}_s{p.min_face_size}"
+    return (f"detect-{detect.__version__}_c{p.min_confidence}_px{p.min_face_px}_b{p.min_blur}_s{p.min_face_size}"
+            f"_engine-{engine.__version__}")
 
 
 def _faces_of_chunk(detector, paths: list[Path]) -> dict[str, np.ndarray]:
     from components.images import BadImageError, load_image
-    from components.pipeline.run import main_face_index
+    from components.engine import main_face_index
 
     crops, photo, is_main, passed = [], [], [], []
     images, rows = [], []

@@ -292,7 +292,7 @@ def held_out_figures(embeddings: np.ndarray, pairs: np.ndarray, same: np.ndarray
     Returns:
         (figures, scores).
     """
-    from components.bench.verification import verification_report
+    from components.report.verification import verification_report
 
     scores = np.sum(embeddings[pairs[:, 0]] * embeddings[pairs[:, 1]], axis=1)
     folds = np.arange(len(pairs)) % 10

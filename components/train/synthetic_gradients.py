@@ -242,7 +242,7 @@ def _verification(test_emb, test_y, seed=0) -> dict:
     """
     from sklearn.metrics import roc_auc_score
 
-    from components.bench.verification import ten_fold_accuracy
+    from components.report.verification import ten_fold_accuracy
 
     rng = np.random.default_rng(seed)
     i, j, same = _balanced_pairs(test_y, rng)
