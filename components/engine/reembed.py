@@ -86,10 +86,17 @@ def reembed(store, target, settings, *, batch_size: int = 256, crops_root: str |
     """
     before = store.model("active")
     pending = store.model("target")
+    record = target.store_model()
     if before is not None and before.version == target.version and (pending is None or pending.version == target.version):
         if not store.reembed_remaining(target.version):
-            return {"changed": False, "model": before.describe(), "reason": "the store already uses this model"}
-    record = target.store_model()
+            if (before.registry_version, before.source, before.thresholds) == (record.registry_version, record.source,
+                                                                               record.thresholds):
+                return {"changed": False, "model": before.describe(), "reason": "the store already uses this model"}
+            # The same weights under another name (the local model registered, say): the vectors
+            # stay, the model's registry identity and its thresholds are taken over.
+            store.set_model(record)
+            return {"changed": True, "before": before.describe(), "model": store.model("active").describe(), "faces": 0,
+                    "reason": "same weights: registry version and thresholds taken over, no vector changed"}
     store.begin_reembed(record)
     root = crops_root if crops_root is not None else crops_root_for(store.url)
     started = time.perf_counter()

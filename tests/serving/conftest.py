@@ -9,6 +9,7 @@ at the end, even on failure.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import yaml
 
 from components.serving.launch import free_port, start_server, stop_server, wait_ready
 from components.settings import PROJECT_ROOT, load_settings
+from components.embed.thresholds import Thresholds
 from tests.fixtures.models import perturbed_copy
 
 LFW = PROJECT_ROOT / "data" / "lfw" / "images_deepfunneled"
@@ -30,6 +32,9 @@ STORE_PEOPLE = ("Colin_Powell", "Tony_Blair", "Gerhard_Schroeder", "Hugo_Chavez"
 PHOTOS_PER_PERSON = 5
 API_KEY = "test-key-0f3a"
 PYTHON = sys.executable
+BASE_THRESHOLDS = Thresholds.from_settings(load_settings())
+# The perturbed version's own calibration differs, so answers show which thresholds are in force.
+PERTURBED_THRESHOLDS = Thresholds(verify=0.9, cluster=0.94, assign=0.94)
 
 
 def lfw_photo(person: str, number: int) -> Path:
@@ -77,13 +82,13 @@ class Server:
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = saved
 
-    def register(self, model: Path, alias: str | None = None) -> int:
-        """Register a model file in the test registry (and point ``alias`` at it)."""
+    def register(self, model: Path, alias: str | None = None, thresholds: Thresholds = BASE_THRESHOLDS) -> int:
+        """Register a model file with its thresholds in the test registry (and point ``alias`` at it)."""
         from components.track import registry, start_run
 
         with self._tracking():
             with start_run("serving-tests", "register") as run:
-                version = registry.register_embedder(model, run.info.run_id)
+                version = registry.register_embedder(model, run.info.run_id, thresholds=thresholds)
             if alias:
                 registry.set_alias(alias, version)
         return version
@@ -93,6 +98,13 @@ class Server:
 
         with self._tracking():
             registry.set_alias(alias, version)
+
+    def reembed(self) -> dict:
+        """``faces reembed`` on the service's store, as a user runs it after a promotion."""
+        done = subprocess.run([PYTHON, "-m", "components.cli", "reembed", "--db", self.store_url, "--no-progress"],
+                              cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
 
 
 def _build_store(root: Path, env: dict) -> tuple[str, dict[int, str]]:
@@ -133,11 +145,12 @@ def server(tmp_path_factory) -> Server:
            "TF_CPP_MIN_LOG_LEVEL": "2", "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(PROJECT_ROOT)}
     (root / "mlflow").mkdir()
 
-    store_url, names = _build_store(root, env)
-    env["FACES_STORE_URL"] = store_url
     perturbed = perturbed_copy(settings.model_path, root / "perturbed.keras")
-    server = Server("", env, root, store_url, names, {}, perturbed, root / "serve.log")
+    server = Server("", env, root, "", {}, {}, perturbed, root / "serve.log")
+    # The champion first: `faces run` embeds the store with it, and serving follows the store.
     server.versions["base"] = server.register(settings.model_path, alias="champion")
+    server.store_url, server.names = _build_store(root, env)
+    env["FACES_STORE_URL"] = server.store_url
 
     port = free_port()
     server.url = f"http://127.0.0.1:{port}"

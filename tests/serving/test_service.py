@@ -15,13 +15,21 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.make_bad_images import write_bad_images
-from tests.serving.conftest import API_KEY, PHOTOS_PER_PERSON, STORE_PEOPLE, first_pairs, lfw_photo
+from tests.serving.conftest import (
+    API_KEY,
+    BASE_THRESHOLDS,
+    PERTURBED_THRESHOLDS,
+    PHOTOS_PER_PERSON,
+    STORE_PEOPLE,
+    first_pairs,
+    lfw_photo,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SAME, DIFFERENT = first_pairs()
 VERIFY_KEYS = {"same", "similarity", "threshold", "faces", "photo_a", "photo_b", "model_version", "registry_version",
-               "source", "generation", "loaded_at"}
+               "source", "generation", "loaded_at", "thresholds", "faces_a"}
 
 
 def files(**paths: Path) -> list:
@@ -246,30 +254,36 @@ def test_32_clients_for_30_seconds_without_errors(server):
     assert len(results) >= 32 and not failures, f"{len(failures)} of {len(results)} failed: {failures[:5]}"
 
 
-def test_a_promoted_champion_is_picked_up_without_failed_requests(server):
-    """Promote a new version (picked up by the poll), then roll back with POST /reload; traffic throughout."""
+def test_a_promotion_is_served_once_the_store_is_reembedded_without_failed_requests(server):
+    """Promote a new version: serving stays on the store's model until `faces reembed` moved the
+    store to it, then swaps (the poll picks it up) with traffic throughout; roll back the same way."""
     with server.client() as client:
         before = client.get("/readyz").json()
-    perturbed = server.register(server.perturbed_model)
+    perturbed = server.register(server.perturbed_model, thresholds=PERTURBED_THRESHOLDS)
     stop, results = threading.Event(), []
     threads = [threading.Thread(target=_hammer, args=(server, stop, results, [SAME])) for _ in range(4)]
     for thread in threads:
         thread.start()
     try:
         server.promote(perturbed)
+        with server.client() as client:
+            kept = client.post("/reload")  # resolves now: the store still holds the old model's embeddings
+        moved = server.reembed()
         deadline = time.monotonic() + 60
         while not any(r[1] == perturbed for r in results) and time.monotonic() < deadline:
             time.sleep(0.25)
-        time.sleep(1)
         with server.client() as client:
             identified = client.post("/identify", files=files(photo=lfw_photo(STORE_PEOPLE[0], PHOTOS_PER_PERSON + 2)))
             server.promote(server.versions["base"])
+            back = server.reembed()
             reloaded = client.post("/reload")
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    assert any(r[1] == perturbed for r in results), "the promoted version never answered"
+    assert kept.status_code == 200 and kept.json()["registry_version"] == server.versions["base"], kept.text
+    assert moved["changed"] and moved["model"]["registry_version"] == perturbed, moved
+    assert any(r[1] == perturbed for r in results), "the re-embedded store's model never answered"
     failures = [r for r in results if r[0] != 200]
     assert not failures, f"{len(failures)} of {len(results)} requests failed during the swap: {failures[:5]}"
     served = [r[1] for r in results]
@@ -277,16 +291,18 @@ def test_a_promoted_champion_is_picked_up_without_failed_requests(server):
     assert set(served[:first_new]) <= {server.versions["base"]}
     new_version = next(r[2] for r in results if r[1] == perturbed)
     assert new_version != before["model_version"]  # a different model, not only a new number
-    # Identify still works: the store's medoids were embedded by the old model and are re-embedded.
+    # Identify compares with the store's medoids, now embedded by the new model, at its own threshold.
     assert identified.status_code == 200, identified.text
     assert identified.json()["model_version"] == new_version
+    assert identified.json()["threshold"] == PERTURBED_THRESHOLDS.assign
     face = max(identified.json()["faces"], key=lambda f: f["box"][2] * f["box"][3])
     assert face["name"] == STORE_PEOPLE[0].replace("_", " ")
-    # POST /reload rolls back at once (unless the 2 s poll got there first).
+    # Rolled back: the store re-embedded with the base model, and POST /reload follows at once.
+    assert back["changed"] and back["model"]["registry_version"] == server.versions["base"], back
     assert reloaded.status_code == 200, reloaded.text
     assert reloaded.json()["registry_version"] == server.versions["base"]
     assert reloaded.json()["model_version"] == before["model_version"]
-    assert reloaded.json()["changed"] or reloaded.json()["previous"]["registry_version"] == server.versions["base"]
+    assert reloaded.json()["thresholds"] == BASE_THRESHOLDS.as_dict()
 
 
 def test_the_service_refuses_to_start_without_a_key(tmp_path):
