@@ -103,8 +103,8 @@ def in_process(settings: Settings, pairs, queries, duration_s: float) -> dict:
     def verify_once(i: int) -> None:
         a, b = pairs[i % len(pairs)]
         (image_a, sa), (image_b, sb) = decode_photo(a.read_bytes(), "a", params), decode_photo(b.read_bytes(), "b", params)
-        faces, model = engine.analyse([image_a, image_b])
-        verify_answer(faces[0], faces[1], (sa, sb), settings.verify.threshold, model.describe())
+        photos, model = engine.analyse([image_a, image_b])
+        verify_answer(photos[0], photos[1], (sa, sb), model.thresholds.verify, model.describe())
 
     def identify_once(i: int) -> None:
         image, _ = decode_photo(queries[i % len(queries)].read_bytes(), "photo", params)
