@@ -258,7 +258,7 @@ def evaluate(stream_x: np.ndarray, stream_names: np.ndarray, held_x: np.ndarray,
         ``auc``, ``tar_at_far_1e-3``, ``verification_threshold``, clustering figures at the
         calibrated ``cluster_threshold`` and the calibration curve.
     """
-    from components.bench.verification import verification_report
+    from components.report.verification import verification_report
 
     found = (pairs >= 0).all(axis=1)
     scores = np.full(len(pairs), np.nan)
@@ -317,21 +317,29 @@ def label_quality(labels: np.ndarray, truth: np.ndarray) -> dict:
 # -- one cycle -------------------------------------------------------------------------------------
 
 
-def _bootstrap_champion(log) -> tuple[object, int | None]:
-    """The champion; on a registry with none, the local pretrained model registered as version 1 and made champion."""
+def _bootstrap_champion(log, settings: Settings | None = None) -> tuple[object, int | None]:
+    """The champion; on a registry with none, the local pretrained model registered as version 1 and made champion.
+
+    The champion's stored thresholds are not needed here (the cycle calibrates both models
+    itself), so an uncalibrated champion is still fine-tuned.
+    """
+    from components.embed.thresholds import Thresholds
     from components.track import start_run
     from components.track.registry import register_embedder, resolve, set_alias
 
-    ref = resolve("champion")
+    ref = resolve("champion", require_thresholds=False)
     if ref.source == "local":
         if not ref.path.is_file():
             raise RetrainError(f"no champion: {ref.path} is missing (run `faces setup-model`)")
         load_keras_model(ref.path)  # refuse a damaged file before registering it
+        # The pretrained model goes in with its params.yaml calibration (components.embed.thresholds).
+        thresholds = Thresholds.from_settings(settings) if settings is not None else ref.thresholds
         with start_run(EXPERIMENT, "pretrained-baseline", params={"origin": "pretrained", "path": str(ref.path)}) as run:
-            version = register_embedder(ref.path, run.info.run_id, tags={"origin": "pretrained dlib-ResNet (face-api.js)"})
+            version = register_embedder(ref.path, run.info.run_id, tags={"origin": "pretrained dlib-ResNet (face-api.js)"},
+                                        thresholds=thresholds)
         set_alias("champion", version)
         log(f"registered the pretrained model as version {version} and made it champion")
-        ref = resolve("champion")
+        ref = resolve("champion", require_thresholds=False)
     return ref, ref.version
 
 
@@ -364,14 +372,15 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
 
     from components.datasets.lfw import LFW_ROOT_DEFAULT
     from components.track import log_figure, log_json, start_run
-    from components.track.registry import set_alias
+    from components.embed.thresholds import Thresholds
+    from components.track.registry import HELD_OUT_PREFIX, promote, set_alias, set_thresholds, set_version_tags
     from components.train.loop import roc_figure, train
 
     params = params or settings.retrain
     began = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        ref, champion_version = _bootstrap_champion(log)
+        ref, champion_version = _bootstrap_champion(log, settings)
         champion_model = load_keras_model(ref.path)
     except CheckpointError as error:
         raise RetrainError(f"cannot load the champion: {error}") from error
@@ -481,9 +490,28 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
                                    settings.base.seed)
         timings["evaluate_challenger"] = time.perf_counter() - t0
         decision = decide(champion_eval, challenger_eval, params.promote_metric, params.promote_margin)
+        # The challenger is a model only with its thresholds (components.embed.thresholds), fitted
+        # by this very evaluation, the protocol that calibrated the pretrained model's params.yaml:
+        # verify = the mean of the held-out pairs' fold thresholds (each fit on the other folds);
+        # cluster = the Chinese Whispers threshold with the best BCubed F on the folds 1-5 people;
+        # assign = cluster, as params.yaml does (the verification threshold lets identities absorb
+        # strangers when streaming). Set before any alias points at the version.
+        set_thresholds(result.version, Thresholds(verify=challenger_eval["verification_threshold"],
+                                                  cluster=challenger_eval["cluster_threshold"],
+                                                  assign=challenger_eval["cluster_threshold"]),
+                       evidence={"data": f"retrain cycle {cycle}: LFW " + protocol.pairs_source
+                                         + " (verify); people.txt folds 1-5 people (cluster)",
+                                 "verify": {"rule": "mean of the fold thresholds", "accuracy": challenger_eval["accuracy"],
+                                            "auc": challenger_eval["auc"]},
+                                 "cluster": {"rule": "best BCubed F of Chinese Whispers (folds 1-5 people)",
+                                             "held_out_bcubed_f1": challenger_eval["bcubed_f1"]},
+                                 "assign": "= cluster (as params.yaml for the pretrained model)",
+                                 "mlflow_run_id": parent.info.run_id})
+        set_version_tags(result.version, {**{f"{HELD_OUT_PREFIX}{m}": challenger_eval[m] for m in METRICS},
+                                          f"{HELD_OUT_PREFIX}protocol": protocol.pairs_source})
         set_alias("challenger", result.version)
         if decision["decision"] == "promote":
-            set_alias("champion", result.version)
+            promote(result.version, reason=decision["reason"], by=f"faces retrain (cycle {cycle})")
         decision.update({"cycle": cycle, "champion_version": champion_version, "champion_before": champion_version,
                          "challenger_version": result.version,
                          "champion_after": result.version if decision["decision"] == "promote" else champion_version})
