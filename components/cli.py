@@ -81,6 +81,17 @@ def cmd_verify(args, settings) -> int:
     return 0 if result.get("same") is not None else 1
 
 
+def cmd_bench_reembed(args, settings) -> int:
+    from components.bench.reembed import run_benchmark
+
+    result = run_benchmark(settings, out=Path(args.out), faces=args.faces, batch_size=args.batch_size,
+                           progress=not args.no_progress)
+    print(json.dumps({key: result[key] for key in ("faces", "plain_embed", "reembed", "projected_seconds_for_13k",
+                                                   "goal_met")}, indent=2))
+    print(f"written: {args.out}")
+    return 0
+
+
 def cmd_bench_lfw_verify(args, settings) -> int:
     from components.bench.lfw_verify import run_benchmark
 
@@ -195,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured per level and endpoint")
     p.set_defaults(func=cmd_bench_serve)
+    p = bench_sub.add_parser("reembed", help="a store of LFW's faces moved to a new model, beside plain embedding")
+    p.add_argument("--out", default="bench/results/reembed.json")
+    p.add_argument("--faces", type=int, help="first N cached LFW faces (default: all, 13k+)")
+    p.add_argument("--batch-size", type=int, default=256, help="faces per staged batch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench_reembed)
     p = bench_sub.add_parser("synthetic-gradients",
                              help="small backbone on LFW crops: synthetic gradients beside back-propagation")
     p.add_argument("--out", default="bench/results/synthetic_gradients.json")

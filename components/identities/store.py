@@ -314,6 +314,17 @@ def _face_matrix(rows: Sequence) -> FaceMatrix:
     )
 
 
+def identity_labels(face_ids: np.ndarray, identity_of: dict[int, int]) -> np.ndarray:
+    """Each face's identity id; faces in the unknown pool get singleton labels (negative).
+
+    The store's current clustering as labels, for metrics and plots.
+    """
+    labels = np.array([identity_of.get(int(face), -1) for face in face_ids], np.int64)
+    pooled = np.flatnonzero(labels < 0)
+    labels[pooled] = -1 - np.arange(len(pooled))  # identity ids are positive, so no clash
+    return labels
+
+
 # -- queries inside a transaction (the life cycle and the operations compose these) -------------
 
 

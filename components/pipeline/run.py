@@ -33,6 +33,7 @@ from components import report as report_step
 from components.engine import FaceEngine, champion_model, model_for_store
 from components.engine.reembed import reembed
 from components.identities import IdentityStore, NewFace
+from components.identities.store import identity_labels
 from components.identities.lifecycle import Clock, policy_for_store, update_identities, utc_now
 from components.images import BadImageError, file_sha256, iter_image_files, load_image
 from components.report.metrics import clustering_summary
@@ -197,14 +198,6 @@ class Ingestor:
         log.seconds["store"] += time.perf_counter() - started
 
 
-def current_labels(face_ids: np.ndarray, identity_of: dict[int, int]) -> np.ndarray:
-    """Each face's identity id; faces in the unknown pool get singleton labels (negative)."""
-    labels = np.array([identity_of.get(int(face), -1) for face in face_ids], np.int64)
-    pooled = np.flatnonzero(labels < 0)
-    labels[pooled] = -1 - np.arange(len(pooled))  # identity ids are positive, so no clash
-    return labels
-
-
 def cluster_store(store: IdentityStore, settings: Settings, *, clock: Clock = utc_now, full_recluster: bool = False) -> dict:
     """Update identities with the life cycle, then score them over all usable faces.
 
@@ -232,7 +225,7 @@ def cluster_store(store: IdentityStore, settings: Settings, *, clock: Clock = ut
     faces = store.usable_faces()
     if not len(faces.face_ids):
         return {"faces": 0, "lifecycle": lifecycle, "seconds": round(seconds, 3)}
-    labels = current_labels(faces.face_ids, store.identity_of_faces())
+    labels = identity_labels(faces.face_ids, store.identity_of_faces())
     summary = clustering_summary(labels, embeddings=faces.embeddings)
     labelled = np.array([label is not None for label in faces.labels])
     if labelled.sum() >= 2:

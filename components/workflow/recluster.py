@@ -25,9 +25,9 @@ EXPERIMENT = "face_recluster"
 
 def store_labels(face_ids: np.ndarray, identity_of: dict[int, int]) -> np.ndarray:
     """Identity id per face; pool faces become singletons (negative labels)."""
-    from components.pipeline.run import current_labels
+    from components.identities.store import identity_labels
 
-    return current_labels(face_ids, identity_of)
+    return identity_labels(face_ids, identity_of)
 
 
 def tsne_figure(embeddings: np.ndarray, labels: np.ndarray, *, max_faces: int, seed: int, title: str):
