@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dags.conftest import AIRFLOW, PEOPLE, read_json, run
+from tests.dags.conftest import AIRFLOW, PEOPLE, REPO, read_json, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -105,6 +105,49 @@ def test_recluster_logs_metrics_and_tsne_once(ingested):
     dags_test(env, "face_recluster", RECLUSTER_DATE, {"force": True})
     assert store_rows(work) == rows
     assert len(mlflow_runs(work, "face_recluster")) == 1
+
+
+REEMBED_DATE = "2026-01-06T00:00:00+00:00"
+REGISTER = """
+import sys
+from components.embed.thresholds import Thresholds
+from components.track import registry, start_run
+with start_run("dag-tests", "register") as run:
+    version = registry.register_embedder(sys.argv[1], run.info.run_id,
+                                         thresholds=Thresholds(verify=0.9, cluster=0.94, assign=0.94))
+registry.set_alias("champion", version)
+print(version)
+"""
+
+
+def store_models(work: Path) -> tuple[set[str], list[tuple]]:
+    with sqlite3.connect(work / "faces.db") as db:
+        versions = {row[0] for row in db.execute("select model_version from faces where embedding is not null")}
+        models = db.execute("select role, registry_version, thresholds from store_models").fetchall()
+    return versions, models
+
+
+def test_reembed_moves_the_store_to_a_promoted_champion_once(ingested, tmp_path):
+    import sys
+
+    from tests.fixtures.models import perturbed_copy
+
+    env, work, _ = ingested
+    before, _ = store_models(work)
+    assert len(before) == 1
+    model = perturbed_copy(REPO / "models" / "face_recognition_net.keras", tmp_path / "perturbed.keras")
+    version = int(run([sys.executable, "-c", REGISTER, str(model)], env, timeout=300).stdout.split()[-1])
+    dags_test(env, "face_reembed", REEMBED_DATE, {})
+    versions, models = store_models(work)
+    assert len(versions) == 1 and versions != before  # every embedding moved to the new model
+    assert [(role, registry) for role, registry, _ in models] == [("active", version)]
+    assert json.loads(models[0][2]) == {"verify": 0.9, "cluster": 0.94, "assign": 0.94}
+    reports = sorted((work / "reembed").glob("*.json"))
+    assert len(reports) == 1 and read_json(reports[0])["changed"] is True
+    rows = store_rows(work)
+    dags_test(env, "face_reembed", REEMBED_DATE, {})  # cleared and re-run: the store already uses the champion
+    assert store_rows(work) == rows and store_models(work) == (versions, models)
+    assert read_json(sorted((work / "reembed").glob("unchanged-*.json"))[0])["changed"] is False
 
 
 RETRAIN_DATE = "2026-01-07T00:00:00+00:00"
