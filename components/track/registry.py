@@ -534,9 +534,29 @@ def resolve_version(version: int | None, *, require_thresholds: bool = True, set
     version = int(version)
     found = _model_version(version)
     thresholds = Thresholds.from_tags(found.tags or {})
+    path = download_version(version, found.source)
+    if thresholds is None:
+        # A version registered before models carried thresholds may hold exactly the local
+        # model's weights (retraining registered the pretrained baseline): params.yaml's
+        # calibration is that of these very weights.
+        local = local_ref(settings)
+        if local.path.is_file() and _same_weights(path, local.path):
+            thresholds = local.thresholds
     if thresholds is None and require_thresholds:
         raise _uncalibrated(version)
-    return ModelRef(version, download_version(version, found.source), "registry", thresholds)
+    return ModelRef(version, path, "registry", thresholds)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two ``.keras`` files hold the same model (the embedder's content digest)."""
+    import zipfile
+
+    from components.embed.embedder import model_digest
+
+    try:
+        return model_digest(a) == model_digest(b)
+    except (OSError, zipfile.BadZipFile):  # not a .keras archive: not the local model either
+        return False
 
 
 def resolve(alias: str = "champion", *, require_thresholds: bool = True, settings=None) -> ModelRef:

@@ -78,6 +78,10 @@ def cmd_train(args, settings) -> int:
         return _fail(str(error))
     print(json.dumps({"model": str(result.model_path), "version": result.version, "steps": result.step,
                       "best_epoch": result.best_epoch, "held_out": result.best, "run_id": result.run_id}, indent=2))
+    if result.version is not None:
+        # A new network's similarities mean nothing until its own thresholds are fitted.
+        _progress(f"version {result.version} is registered without thresholds: run `faces models calibrate "
+                  f"{result.version}` before promoting or serving it")
     return 0
 
 

@@ -256,6 +256,7 @@ def test_faces_train_on_an_annotated_folder_registers_a_version(crops, tmp_path,
     from PIL import Image
 
     from components.cli import main
+    from components.embed.thresholds import UncalibratedModelError
     from components.track import registry
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
@@ -273,9 +274,14 @@ def test_faces_train_on_an_annotated_folder_registers_a_version(crops, tmp_path,
                  "--faces-per-identity", "2", "--held-out-share", "0.34", "--workdir", str(tmp_path / "work"),
                  "--alias", "challenger"])
     assert code == 0
-    printed = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
     assert printed["version"] == 1 and printed["steps"] == 3
-    assert registry.resolve("challenger").version == 1
+    assert registry.alias_version("challenger") == 1
+    # A new network has no thresholds yet: nothing may use it until `faces models calibrate` fitted them.
+    assert "faces models calibrate 1" in err
+    with pytest.raises(UncalibratedModelError, match="faces models calibrate 1"):
+        registry.resolve("challenger")
 
     two = tmp_path / "two"
     for name in ("a", "b"):

@@ -155,6 +155,16 @@ def test_uncalibrated_version_is_refused_until_thresholds_are_set(store):
         registry.set_thresholds(v2, T1, evidence={"curve": list(range(5000))})
 
 
+def test_a_version_holding_the_local_weights_takes_params_thresholds(store):
+    """Versions registered before models carried thresholds (retraining's pretrained baseline)."""
+    from components.settings import load_settings
+
+    settings = load_settings()
+    with track.start_run("tests", "register") as run:
+        version = registry.register_embedder(settings.model_path, run.info.run_id)
+    assert registry.resolve_version(version).thresholds == Thresholds.from_settings(settings)
+
+
 def test_promote_moves_the_champion_records_why_and_refuses_uncalibrated(store):
     v1 = _register(store, b"one", T1)
     v2 = _register(store, b"two")
