@@ -87,7 +87,12 @@ def verify(photo_a: str | Path | np.ndarray, photo_b: str | Path | np.ndarray, t
                     **engine.model.describe()}
     missing = [name for name, photo in zip("ab", photos) if not photo.faces]
     if missing:
-        result.update(similarity=None, same=None, error=f"no face found in photo {' and '.join(missing)}")
+        result.update(similarity=None, same=None, match=None, error=f"no face found in photo {' and '.join(missing)}",
+                      faces_a=[{"box": [round(v, 1) for v in face.box], "similarity": None,
+                                "quality_failures": face.failures} for face in photos[0].faces],
+                      face_b=None if photos[1].main_face is None else {
+                          "box": [round(v, 1) for v in photos[1].main_face.box],
+                          "quality_failures": photos[1].main_face.failures})
         return result
     a, b = photos
     if all(face.embedding is None for face in a.faces) or b.main_face.embedding is None:

@@ -32,8 +32,6 @@ from components import engine as engine_step
 from components.bench import reference_dlib
 from components.report.verification import verification_report
 from components.datasets.lfw import LFW_ROOT_DEFAULT, read_pairs
-from components.detect import FaceDetector
-from components.embed import Embedder
 from components.images import load_image
 from components.settings import PROJECT_ROOT, Settings
 
@@ -42,27 +40,27 @@ CACHE_DIR = PROJECT_ROOT / "bench" / "cache"
 
 
 class EnginePipeline:
-    """Our detector + embedder, main face per photo."""
+    """The face engine with the local pretrained model: the main face of each photo."""
 
     def __init__(self, settings: Settings):
-        self.detector = FaceDetector(settings.detect)
-        self.embedder = Embedder(settings.model_path, batch_size=settings.embed.batch_size)
+        from components.track.registry import local_ref
+
+        self.engine = engine_step.FaceEngine(settings.detect, engine_step.load_model(local_ref(settings),
+                                                                                    settings.embed.batch_size))
 
     @property
     def version(self) -> str:
-        return f"detect-{detect_step.__version__}_engine-{engine_step.__version__}_{self.embedder.version}"
+        return f"detect-{detect_step.__version__}_engine-{engine_step.__version__}_{self.engine.model.version}"
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        detections = self.detector.detect(images)
         vectors = np.zeros((len(images), 128), np.float32)
         rows, crops = [], []
-        for row, (image, faces) in enumerate(zip(images, detections)):
-            main = engine_step.main_face_index(faces, image.shape)
-            if main is not None:
+        for row, photo in enumerate(self.engine.detect(images)):
+            if photo.main is not None:  # LFW names the main face, also when it fails a quality gate
                 rows.append(row)
-                crops.append(faces[main].crop)
+                crops.append(photo.main_face.crop)
         if crops:
-            vectors[rows] = self.embedder.embed(np.stack(crops))
+            vectors[rows] = self.engine.embed(np.stack(crops))
         found = np.zeros(len(images), bool)
         found[rows] = True
         return vectors, found

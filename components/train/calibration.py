@@ -128,12 +128,10 @@ def main_face_crops(settings: Settings, paths: list[Path], progress: bool) -> tu
     """Aligned crop of the face nearest each photo's centre: (crops of found, found mask)."""
     from tqdm import tqdm
 
-    from components.detect import FaceDetector
+    from components.engine import FaceEngine
     from components.images import BadImageError, load_image
 
-    from components.engine import main_face_index
-
-    detector = FaceDetector(settings.detect)
+    engine = FaceEngine(settings.detect)
     crops, found = [], np.zeros(len(paths), bool)
     for start in tqdm(range(0, len(paths), CHUNK), desc="faces (MTCNN)", unit="chunk", file=sys.stderr,
                       disable=None if progress else True):
@@ -144,10 +142,9 @@ def main_face_crops(settings: Settings, paths: list[Path], progress: bool) -> tu
                 rows.append(row)
             except BadImageError:
                 continue
-        for row, image, faces in zip(rows, images, detector.detect(images) if images else []):
-            main = main_face_index(faces, image.shape)
-            if main is not None:
-                crops.append(faces[main].crop)
+        for row, photo in zip(rows, engine.detect(images) if images else []):
+            if photo.main is not None:
+                crops.append(photo.main_face.crop)
                 found[row] = True
     return (np.stack(crops) if crops else np.zeros((0, 150, 150, 3), np.uint8)), found
 

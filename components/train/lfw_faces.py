@@ -66,9 +66,8 @@ def _detector_version(settings: Settings) -> str:
             f"_engine-{engine.__version__}")
 
 
-def _faces_of_chunk(detector, paths: list[Path]) -> dict[str, np.ndarray]:
+def _faces_of_chunk(engine, paths: list[Path]) -> dict[str, np.ndarray]:
     from components.images import BadImageError, load_image
-    from components.engine import main_face_index
 
     crops, photo, is_main, passed = [], [], [], []
     images, rows = [], []
@@ -78,9 +77,9 @@ def _faces_of_chunk(detector, paths: list[Path]) -> dict[str, np.ndarray]:
             rows.append(row)
         except BadImageError:
             continue
-    for row, image, faces in zip(rows, images, detector.detect(images)):
-        main = main_face_index(faces, image.shape)
-        for index, face in enumerate(faces):
+    for row, found in zip(rows, engine.detect(images)):
+        main = found.main
+        for index, face in enumerate(found.faces):
             if face.passed or index == main:
                 crops.append(face.crop)
                 photo.append(row)
@@ -120,17 +119,17 @@ def lfw_faces(settings: Settings, root: Path = LFW_ROOT_DEFAULT, progress: bool 
     final = folder / "faces.json"
     if not final.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        detector = None
+        engine = None
         starts = range(0, len(paths), CHUNK)
         for start in tqdm(starts, desc="LFW faces (MTCNN, cached)", unit="chunk", disable=None if progress else True):
             chunk = folder / f"chunk_{start // CHUNK:05d}.npz"
             if chunk.is_file():
                 continue
-            if detector is None:
-                from components.detect import FaceDetector
+            if engine is None:
+                from components.engine import FaceEngine
 
-                detector = FaceDetector(settings.detect)
-            data = _faces_of_chunk(detector, paths[start : start + CHUNK])
+                engine = FaceEngine(settings.detect)
+            data = _faces_of_chunk(engine, paths[start : start + CHUNK])
             data["photo"] = data["photo"] + start
             tmp = chunk.with_name(f".{chunk.stem}.tmp.npz")
             np.savez(tmp, **data)

@@ -382,6 +382,40 @@ def test_face_retrain_triggered_through_the_rest_api(stack):
     assert int(champion.version) in after
 
 
+def test_a_promotion_reaches_serving_through_face_reembed(stack):
+    """Promote the retrained challenger as a user would (`faces models promote`, the stack's env), trigger
+    face_reembed with the trigger form's defaults: the store moves to it and serving answers with it."""
+    client = stack.mlflow()
+    challenger = int(client.get_model_version_by_alias("face-embedder", "challenger").version)
+    thresholds = {name: float(value) for name, value in
+                  ((key.removeprefix("faces.threshold."), value)
+                   for key, value in client.get_model_version("face-embedder", str(challenger)).tags.items()
+                   if key.startswith("faces.threshold."))}
+    assert set(thresholds) == {"verify", "cluster", "assign"}, "the challenger was registered without its thresholds"
+    env = {**stack.env, **stack.client, "MLFLOW_TRACKING_URI": stack.url("mlflow")}
+    done = subprocess.run([sys.executable, "-m", "components.cli", "models", "promote", str(challenger),
+                           "--reason", "stack test"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "face_reembed" in done.stdout + done.stderr  # the user is told what comes next
+    run_id = f"reembed-{uuid.uuid4().hex[:8]}"
+    trigger(stack, "face_reembed", run_id, {})
+    wait_for_run(stack, "face_reembed", run_id, timeout_s=300)
+    import httpx
+
+    photo = sorted((LFW / "Laura_Bush").iterdir())[0]
+    pair = [(name, (photo.name, photo.read_bytes(), "image/jpeg")) for name in ("photo_a", "photo_b")]
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=stack.url("serving"), headers={"X-API-Key": stack.client["FACES_API_KEY"]},
+                      timeout=120) as http_client:
+        while True:  # face_reembed POSTed /reload; the service also polls
+            answer = http_client.post("/verify", files=pair).json()
+            if answer.get("registry_version") == challenger or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    assert answer["registry_version"] == challenger, answer
+    assert answer["threshold"] == thresholds["verify"] and answer["same"] is True
+
+
 def test_down_stops_everything(stack_env, stack):
     """Runs last in this module: ``down`` leaves no process of the run dir and frees every port."""
     config = stack.config

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 LFW_ROOT = REPO / "data" / "lfw"
 PHOTO = LFW_ROOT / "images_deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
-RESULT_KEYS = {"faces", "similarity", "threshold", "same", "model_version"}
+RESULT_KEYS = {"faces", "similarity", "threshold", "same", "model_version", "match", "faces_a", "face_b", "thresholds"}
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,37 @@ def test_verify_result_layout(fold1_results, threshold, embedder):
         assert result["same"] == (result["similarity"] >= threshold)
         assert len(result["faces"]) == 2 and all(n >= 1 for n in result["faces"])
         assert -1.0 <= result["similarity"] <= 1.0
-        assert len(result["boxes"]) == 2 and all(len(box) == 4 for box in result["boxes"])
+        assert len(result["faces_a"]) == result["faces"][0] and all(len(f["box"]) == 4 for f in result["faces_a"])
+        assert result["faces_a"][result["match"]]["similarity"] == result["similarity"]
+        assert len(result["face_b"]["box"]) == 4
+
+
+def test_verify_finds_the_person_of_b_anywhere_in_a_group_photo(tmp_path):
+    """`faces verify group.jpg person.jpg`: the person is small and off-centre among larger strangers."""
+    import json
+    import subprocess
+    import sys
+
+    people = LFW_ROOT / "images_deepfunneled"
+    group = Image.new("RGB", (1000, 600), (80, 80, 80))
+    group.paste(Image.open(people / "Colin_Powell" / "Colin_Powell_0001.jpg").resize((400, 400)), (0, 0))
+    group.paste(Image.open(people / "Tony_Blair" / "Tony_Blair_0001.jpg").resize((400, 400)), (350, 100))
+    group.paste(Image.open(people / "Hugo_Chavez" / "Hugo_Chavez_0001.jpg").resize((200, 200)), (780, 380))
+    group.save(tmp_path / "group.jpg")
+    person = people / "Hugo_Chavez" / "Hugo_Chavez_0002.jpg"
+    stranger = people / "Gerhard_Schroeder" / "Gerhard_Schroeder_0001.jpg"
+
+    found = api.verify(tmp_path / "group.jpg", person)
+    assert found["same"] is True and found["faces"][0] >= 3
+    match = found["faces_a"][found["match"]]
+    assert match["box"][0] > 700 and match["box"][2] < max(face["box"][2] for face in found["faces_a"])
+    assert sorted(face["similarity"] for face in found["faces_a"])[-2] < found["threshold"]  # the others are strangers
+    assert api.verify(tmp_path / "group.jpg", stranger)["same"] is False
+
+    done = subprocess.run([sys.executable, "-m", "components.cli", "verify", str(tmp_path / "group.jpg"), str(person)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["same"] is True
 
 
 def test_verify_threshold_argument_overrides_settings(fold1):
