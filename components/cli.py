@@ -44,9 +44,21 @@ def cmd_run(args, settings) -> int:
         )
         photos = [Photo(path, person) for person, paths in subset.items() for path in paths]
         unreadable, name = [], f"LFW demo subset ({len(subset)} people, {len(photos)} photos)"
-    summary = run(photos, out_dir, settings, store_url=args.db, input_name=name, unreadable=unreadable,
-                  progress=not args.no_progress, full_recluster=args.full_recluster)
+    from components.embed.thresholds import UncalibratedModelError
+    from components.engine.reembed import ReembedError
+    from components.identities.store import ModelMismatchError
+    from components.track import TrackingError
+
+    try:
+        summary = run(photos, out_dir, settings, store_url=args.db, input_name=name, unreadable=unreadable,
+                      progress=not args.no_progress, full_recluster=args.full_recluster)
+    except (UncalibratedModelError, ModelMismatchError, ReembedError, TrackingError) as error:
+        # Which model to embed with is unclear (or unreachable): stop before storing anything.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(_headline(summary), indent=2))
+    if summary.get("model", {}).get("reembedded", {}) and summary["model"]["reembedded"].get("changed"):
+        print(f"the store was re-embedded with {summary['model']['model_version']} first", file=sys.stderr)
     print(f"report: {out_dir / 'report.html'}  (summary: {out_dir / 'report.json'})")
     return 0
 
