@@ -6,14 +6,30 @@ Every step takes the section it needs; nothing here reads the environment except
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Default of the three calibrated cosine thresholds (``cluster.threshold``, ``verify.threshold``,
+#: ``identities.assign_threshold``): no value. They are the pretrained local model's calibration,
+#: and ``params.yaml`` is the only place their numbers are written (a registered model version
+#: carries its own, see :mod:`components.embed.thresholds`); a missing one is an error.
+CALIBRATED = math.nan
+
+
+def _require_calibrated(key: str, value: float) -> None:
+    """Refuse a calibrated threshold that was not given (still :data:`CALIBRATED`)."""
+    if isinstance(value, (int, float)) and math.isnan(value):
+        raise ValueError(
+            f"params.yaml {key}: no value given; it is the local model's calibrated threshold "
+            "(cosine similarity), set in params.yaml and nowhere else"
+        )
 
 
 @dataclass(frozen=True)
@@ -40,16 +56,22 @@ class EmbedParams:
 
 @dataclass(frozen=True)
 class ClusterParams:
-    threshold: float = 0.945
+    threshold: float = CALIBRATED  # the local model's calibration: params.yaml only
     knn: int = 30
     knn_above: int = 5000
     iterations: int = 30
     min_identity_size: int = 2
 
+    def __post_init__(self) -> None:
+        _require_calibrated("cluster.threshold", self.threshold)
+
 
 @dataclass(frozen=True)
 class VerifyParams:
-    threshold: float = 0.909
+    threshold: float = CALIBRATED  # the local model's calibration: params.yaml only
+
+    def __post_init__(self) -> None:
+        _require_calibrated("verify.threshold", self.threshold)
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,7 @@ class IdentitiesParams:
     Attributes:
         assign_threshold: a new face joins the identity whose medoid is most similar
             (cosine) when the similarity is at least this; otherwise it waits in the pool.
+            The local model's calibration: no default, params.yaml gives it.
         recluster_every_s: window T: the pool is re-clustered when this many seconds
             have passed since the last re-clustering (and new faces wait in it).
         recluster_pool_size: ... or as soon as this many faces have joined the pool
@@ -67,10 +90,13 @@ class IdentitiesParams:
             computed on a seeded sample of this many members.
     """
 
-    assign_threshold: float = 0.945
+    assign_threshold: float = CALIBRATED  # the local model's calibration: params.yaml only
     recluster_every_s: float = 3600.0
     recluster_pool_size: int = 1000
     medoid_sample_above: int = 5000
+
+    def __post_init__(self) -> None:
+        _require_calibrated("identities.assign_threshold", self.assign_threshold)
 
 
 @dataclass(frozen=True)
@@ -259,10 +285,9 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
     unknown = set(raw) - set(known)
     if unknown:
         raise ValueError(f"params.yaml [{cls.__name__}]: unknown keys {sorted(unknown)}")
-    defaults = cls()
     values = {}
     for name, f in known.items():
-        default = getattr(defaults, name)
+        default = f.default if f.default is not MISSING else f.default_factory()
         value = raw.get(name, default)
         if value is None:
             raise ValueError(f"params.yaml [{cls.__name__}] {name}: no value given")
@@ -297,10 +322,13 @@ def load_settings(path: str | Path | None = None) -> Settings:
             Relative paths inside it resolve against the file's directory.
 
     Returns:
-        The settings; sections or keys missing from the file keep their defaults.
+        The settings; sections or keys missing from the file keep their defaults, except
+        the calibrated thresholds (``cluster.threshold``, ``verify.threshold``,
+        ``identities.assign_threshold``), which have none.
 
     Raises:
-        ValueError: on an unknown section or key (a typo should not pass silently).
+        ValueError: on an unknown section or key (a typo should not pass silently), or a
+            missing calibrated threshold.
     """
     chosen = path or os.environ.get("FACES_PARAMS")
     path = Path(chosen or PROJECT_ROOT / "params.yaml")

@@ -150,7 +150,9 @@ class ChineseWhispers(BaseEstimator, ClusterMixin):
     5.7 s sequentially (57 us a node) and 0.2 s blocked.
 
     Args:
-        threshold: two faces are linked when their cosine similarity is at least this.
+        threshold: two faces are linked when their cosine similarity is at least this;
+            required, it belongs to the embedder (``Thresholds.cluster`` of the model in use,
+            ``cluster.threshold`` in params.yaml for the local one).
         knn: neighbours per face when the graph is built from nearest neighbours.
         knn_above: use all pairs up to this many faces, the kNN graph beyond.
         iterations: maximum passes.
@@ -166,7 +168,8 @@ class ChineseWhispers(BaseEstimator, ClusterMixin):
 
     def __init__(
         self,
-        threshold: float = 0.945,
+        *,
+        threshold: float,
         knn: int = 30,
         knn_above: int = 5000,
         iterations: int = 30,

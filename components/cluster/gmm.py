@@ -32,7 +32,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from components.cluster.chinese_whispers import relabel_by_size
-from components.cluster.kmeans import ScalableKMeans
+from components.cluster.kmeans import ScalableKMeans, require_threshold
 from components.cluster.knn import check_embeddings
 
 #: Peak memory of sklearn's EM in (N, k) float64 matrices: measured 2.8 GB above
@@ -46,7 +46,8 @@ class KMeansGMM(BaseEstimator, ClusterMixin):
     Args:
         n_clusters: components, or "auto" (Chinese Whispers count at ``threshold``).
         covariance_type: "diag" or "spherical".
-        threshold: cosine threshold for ``n_clusters="auto"``.
+        threshold: cosine threshold for ``n_clusters="auto"`` (and only there): the
+            embedder's calibrated cluster threshold; no default.
         reg_covar: added to every variance. Same-identity faces differ by about
             1e-3 per dimension (cosine 0.94 over 128 dims), so 1e-4 keeps one-face
             components from collapsing without blurring identities together.
@@ -65,7 +66,7 @@ class KMeansGMM(BaseEstimator, ClusterMixin):
         self,
         n_clusters: int | str = "auto",
         covariance_type: str = "diag",
-        threshold: float = 0.945,
+        threshold: float | None = None,
         reg_covar: float = 1e-4,
         max_iter: int = 20,
         max_memory_gb: float = 8.0,
@@ -87,7 +88,8 @@ class KMeansGMM(BaseEstimator, ClusterMixin):
         if n == 0:
             self.labels_, self.k_, self.n_clusters_, self.converged_ = np.empty(0, np.int64), 0, 0, True
             return self
-        km = ScalableKMeans(self.n_clusters, threshold=self.threshold, seed=self.seed).fit(X)
+        threshold = require_threshold(self) if self.n_clusters == "auto" else self.threshold
+        km = ScalableKMeans(self.n_clusters, threshold=threshold, seed=self.seed).fit(X)
         k = km.n_clusters_
         need = _PEAK_COPIES * 8.0 * n * k
         if need > self.max_memory_gb * 2**30:

@@ -89,7 +89,8 @@ class Leiden(_GraphBase):
 
     Args:
         k: neighbours per face.
-        threshold: prune edges whose cosine similarity is below this.
+        threshold: prune edges whose cosine similarity is below this (required: the
+            embedder's calibrated cluster threshold, or a value of a calibration grid).
         resolution: CPM density / RB resolution parameter.
         quality: "cpm" or "rb".
         n_iterations: Leiden iterations (-1 = until stable; see Scale).
@@ -105,7 +106,8 @@ class Leiden(_GraphBase):
     def __init__(
         self,
         k: int = 30,
-        threshold: float = 0.945,
+        *,
+        threshold: float,
         resolution: float = 0.1,
         quality: str = "cpm",
         n_iterations: int = 2,
@@ -162,7 +164,8 @@ class Infomap(_GraphBase):
 
     Args:
         k: neighbours per face.
-        threshold: prune edges whose cosine similarity is below this.
+        threshold: prune edges whose cosine similarity is below this (required: the
+            embedder's calibrated cluster threshold, or a value of a calibration grid).
         trials: independent Infomap runs; the best code length wins.
         seed: RNG seed.
 
@@ -172,7 +175,7 @@ class Infomap(_GraphBase):
         n_edges_: edges of the pruned graph.
     """
 
-    def __init__(self, k: int = 30, threshold: float = 0.945, trials: int = 1, seed: int = 0):
+    def __init__(self, k: int = 30, *, threshold: float, trials: int = 1, seed: int = 0):
         self.k = k
         self.threshold = threshold
         self.trials = trials

@@ -39,6 +39,16 @@ from components.cluster.chinese_whispers import ChineseWhispers, relabel_by_size
 from components.cluster.knn import _faiss, check_embeddings
 
 
+def require_threshold(estimator) -> float:
+    """The estimator's cosine ``threshold``, which ``n_clusters="auto"`` needs and has no default."""
+    if estimator.threshold is None:
+        raise ValueError(
+            f"{type(estimator).__name__}: n_clusters='auto' needs threshold, the embedder's calibrated "
+            "cosine cluster threshold (params.yaml cluster.threshold for the local model); or give n_clusters"
+        )
+    return float(estimator.threshold)
+
+
 def auto_n_clusters(X: np.ndarray, threshold: float, seed: int = 0) -> int:
     """Label-free number of clusters: Chinese Whispers clusters at ``threshold``."""
     return ChineseWhispers(threshold=threshold, seed=seed).fit(X).n_clusters_
@@ -111,7 +121,8 @@ class ScalableKMeans(BaseEstimator, ClusterMixin):
             (see the module docstring). k is clamped to N.
         oversampling: k-means|| samples about ``oversampling * k`` points per round.
         rounds: k-means|| rounds.
-        threshold: cosine similarity threshold used by ``n_clusters="auto"``.
+        threshold: cosine similarity threshold used by ``n_clusters="auto"`` (and only
+            there): the embedder's calibrated cluster threshold; no default.
         max_iter: Lloyd iterations at most.
         minibatch_above: above this many faces Lloyd runs as MiniBatchKMeans.
         seed: random state for initialisation and Lloyd.
@@ -128,7 +139,7 @@ class ScalableKMeans(BaseEstimator, ClusterMixin):
         n_clusters: int | str = "auto",
         oversampling: float = 2.0,
         rounds: int = 5,
-        threshold: float = 0.945,
+        threshold: float | None = None,
         max_iter: int = 50,
         minibatch_above: int = 200_000,
         seed: int = 0,
@@ -143,7 +154,7 @@ class ScalableKMeans(BaseEstimator, ClusterMixin):
 
     def _k(self, X: np.ndarray) -> int:
         if self.n_clusters == "auto":
-            return auto_n_clusters(X, self.threshold, self.seed)
+            return auto_n_clusters(X, require_threshold(self), self.seed)
         if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
             raise ValueError(f"n_clusters must be a positive int or 'auto', got {self.n_clusters!r}")
         return min(int(self.n_clusters), len(X))

@@ -73,9 +73,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     """Every number the life cycle uses, in one place (built from ``params.yaml``).
+
+    The two thresholds have no default: they belong to the model whose embeddings are
+    compared (:meth:`from_settings`, :func:`policy_for_store`).
 
     Attributes:
         assign_threshold: cosine similarity to a medoid needed to join an identity.
@@ -90,12 +93,12 @@ class Policy:
         seed: for Chinese Whispers and medoid samples.
     """
 
-    assign_threshold: float = 0.909
+    assign_threshold: float
     recluster_every_s: float = 3600.0
     recluster_pool_size: int = 1000
     min_identity_size: int = 2
     medoid_sample_above: int = 5000
-    cluster_threshold: float = 0.945
+    cluster_threshold: float
     knn: int = 30
     knn_above: int = 5000
     iterations: int = 30

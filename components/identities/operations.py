@@ -30,7 +30,8 @@ from sqlalchemy import delete, select, update
 
 from components.identities import store as db
 from components.identities.crops import CropLocationError, delete_crops
-from components.identities.lifecycle import Clock, Policy, refresh_identities, utc_now
+from components.identities.lifecycle import Clock, Policy, policy_for_store, refresh_identities, utc_now
+from components.settings import load_settings
 from components.storage import StorageError
 
 NAME_MAX = 512
@@ -45,6 +46,15 @@ class IdentityError(ValueError):
 
 class UnknownIdentityError(IdentityError, LookupError):
     """No identity has that id."""
+
+
+def _default_policy(store: db.IdentityStore) -> Policy:
+    """params.yaml's life-cycle numbers with the store's active model's thresholds.
+
+    Merge and split use the policy only to sample large identities' medoids; it is built
+    the way the life cycle builds it, so a caller need not pass one.
+    """
+    return policy_for_store(store, load_settings())
 
 
 # -- pure checks ------------------------------------------------------------------------------
@@ -179,7 +189,7 @@ def merge(store: db.IdentityStore, into: int, others: Iterable[int], *, actor: s
     """
     into = int(into)
     others = [int(other) for other in others]
-    policy = policy or Policy()
+    policy = policy or _default_policy(store)
     now = clock()
     with store.session() as session:
         ids = [into, *others]
@@ -226,7 +236,7 @@ def split(store: db.IdentityStore, identity_id: int, face_ids: Iterable[int], *,
         IdentityError: no faces, faces that are not members, or all of its faces.
     """
     identity_id = int(identity_id)
-    policy = policy or Policy()
+    policy = policy or _default_policy(store)
     now = clock()
     with store.session() as session:
         source = _identity(session, identity_id)

@@ -24,6 +24,7 @@ from components.identities.lifecycle import (
     recluster_due,
     reconcile_by_overlap,
 )
+from components.settings import load_settings
 
 MODES = ("lifecycle", "recluster_all")
 
@@ -90,7 +91,8 @@ def simulate_stream(
         photo_ids: (N,) photo of each face (cannot-link); default: one photo per face.
         n_batches: how many batches (``np.array_split``: sizes differ by at most one).
         settings: :class:`components.settings.Settings` to take the policy from.
-        policy: the life-cycle numbers (default: from ``settings``, else the defaults).
+        policy: the life-cycle numbers (default: from ``settings``, else from ``params.yaml``;
+            both with the local model's thresholds).
         batch_interval_s: simulated seconds between batches (window T counts these).
         mode: ``lifecycle`` (assign, pool, re-cluster the pool) or ``recluster_all``
             (new faces wait; when due, all faces seen so far are clustered again and
@@ -126,7 +128,8 @@ def simulate_stream(
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     if batch_interval_s < 0:
         raise ValueError(f"batch_interval_s must be >= 0; got {batch_interval_s}")
-    policy = policy or (Policy.from_settings(settings) if settings is not None else Policy())
+    if policy is None:
+        policy = Policy.from_settings(settings if settings is not None else load_settings())
 
     state = _Identities(x, photos, policy)
     seen = np.zeros(n, bool)

@@ -12,7 +12,7 @@ import pytest
 from components.bench import cluster as bench
 from components.bench.memory import run_isolated
 from components.report.metrics import bcubed_prf, pairwise_prf
-from components.settings import Settings
+from components.settings import load_settings
 
 # One big identity of 30 photos and ten of 2: pairwise F is mostly about the big one.
 TRUTH = np.r_[np.zeros(30, int), np.repeat(np.arange(1, 11), 2)]
@@ -86,10 +86,33 @@ def test_noise_labels_become_singletons():
 def test_shipped_defaults_of_chinese_whispers_come_from_params_yaml():
     from components.cluster import ChineseWhispers
 
-    settings = Settings()
+    settings = load_settings()
     defaults = bench.shipped_defaults(ChineseWhispers, settings)
     assert defaults["threshold"] == settings.cluster.threshold and defaults["knn"] == settings.cluster.knn
     assert bench.shipped_defaults(FakeClusterer, settings) == {"mode": "one", "seed": 0}
+
+
+def test_every_cosine_threshold_estimator_gets_the_calibrated_threshold():
+    from components.cluster import ALGORITHMS
+
+    settings = load_settings()
+    for name in ("chinese_whispers", "kmeans", "gmm", "leiden", "infomap"):
+        assert bench.takes_cosine_threshold(ALGORITHMS[name]), name
+        assert bench.shipped_defaults(ALGORITHMS[name], settings)["threshold"] == settings.cluster.threshold, name
+        ALGORITHMS[name](**bench.shipped_defaults(ALGORITHMS[name], settings))  # constructible as shipped
+    # rank-order's threshold is a rank distance with a default of its own, not the cosine one
+    for name in ("rank_order", "approx_rank_order"):
+        assert not bench.takes_cosine_threshold(ALGORITHMS[name])
+        assert bench.shipped_defaults(ALGORITHMS[name], settings)["threshold"] != settings.cluster.threshold
+    for name in ("dbscan", "kmeans_dbscan"):
+        assert "threshold" not in bench.shipped_defaults(ALGORITHMS[name], settings)
+
+
+def test_stream_diagnostic_includes_the_models_own_thresholds():
+    settings = load_settings()
+    tried = bench.stream_assign_diagnostic(settings)
+    assert tried == sorted(tried)
+    assert {settings.verify.threshold, settings.cluster.threshold, *bench.STREAM_ASSIGN_DIAGNOSTIC} == set(tried)
 
 
 def test_command_line_is_reconstructed():
@@ -148,7 +171,7 @@ def test_scale_part_end_to_end_on_a_tiny_size(tmp_path, monkeypatch):
              "intra_cosine": {"mean": 0.95, "std": 0.017}, "inter_cosine": {"mean": 0.84, "std": 0.035},
              "generator": {"noise_scale": 0.2285, "noise_dim": 14.6, "centre_scale": 0.3736, "centre_dim": 31.0}}
     runner = bench.Runner(tmp_path, log=lambda message: None)
-    part = bench.scale_part(Settings(), "chinese_whispers", [600], runner, tmp_path, stats=stats)
+    part = bench.scale_part(load_settings(), "chinese_whispers", [600], runner, tmp_path, stats=stats)
     cw = part["algorithms"]["chinese_whispers"]
     assert [r["n"] for r in cw["runs"]] == [600]
     run = cw["runs"][0]
@@ -180,7 +203,7 @@ def test_quadratic_algorithms_are_skipped_above_the_limit(tmp_path, monkeypatch)
     runner = bench.Runner(tmp_path, log=lambda message: None)
     monkeypatch.setattr(runner, "run", lambda data, timeout, label, **job: (np.zeros(200, int), {
         "status": "ok", "seconds": 0.1, "peak_rss_mb": 100.0}))
-    part = bench.scale_part(Settings(), "slow", [200, 400], runner, tmp_path, stats=stats)
+    part = bench.scale_part(load_settings(), "slow", [200, 400], runner, tmp_path, stats=stats)
     runs = part["algorithms"]["slow"]["runs"]
     assert runs[0]["status"] == "ok" and runs[1]["status"].startswith("skipped")
 

@@ -141,14 +141,20 @@ def test_chinese_whispers_high_threshold_splits_everything():
 
 
 def test_chinese_whispers_empty_input():
-    model = ChineseWhispers().fit(np.empty((0, 128), dtype=np.float32))
+    model = ChineseWhispers(threshold=0.9).fit(np.empty((0, 128), dtype=np.float32))
     assert model.labels_.shape == (0,)
     assert (model.n_clusters_, model.n_iter_, model.n_edges_) == (0, 0, 0)
 
 
 def test_chinese_whispers_rejects_flat_input():
     with pytest.raises(ValueError):
-        ChineseWhispers().fit(np.ones(128, dtype=np.float32))
+        ChineseWhispers(threshold=0.9).fit(np.ones(128, dtype=np.float32))
+
+
+def test_chinese_whispers_has_no_default_threshold():
+    # The threshold belongs to the embedder (params.yaml cluster.threshold for the local model).
+    with pytest.raises(TypeError, match="threshold"):
+        ChineseWhispers()
 
 
 # -- similarity_graph -------------------------------------------------------------------------

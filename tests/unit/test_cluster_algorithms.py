@@ -76,7 +76,7 @@ def test_registry_is_complete_and_consistent():
     assert SCALABLE <= set(ALGORITHMS)
     assert set(CALIBRATION_GRID) == set(ALGORITHMS) == set(BLOB_PARAMS)
     for name, grid in CALIBRATION_GRID.items():
-        defaults = clone(ALGORITHMS[name]()).get_params()  # sklearn-compatible: clone, get_params
+        defaults = clone(ALGORITHMS[name](**BLOB_PARAMS[name])).get_params()  # sklearn-compatible: clone, get_params
         assert 1 <= len(grid) <= 2
         for param, values in grid.items():
             assert param in defaults, (name, param)
@@ -113,17 +113,18 @@ def test_degenerate_inputs(name, blobs):
 @pytest.mark.parametrize("name", NAMES)
 def test_rejects_bad_input_and_coerces_dtype(name, blobs):
     x, _ = blobs
+    params = BLOB_PARAMS[name]
     with pytest.raises(ValueError):
-        make(name).fit(np.ones(128, np.float32))
+        make(name, **params).fit(np.ones(128, np.float32))
     with pytest.raises(ValueError):
-        make(name).fit(np.ones((2, 4, 128), np.float32))
+        make(name, **params).fit(np.ones((2, 4, 128), np.float32))
     bad = x[:10].copy()
     bad[3, 5] = np.nan
     with pytest.raises(ValueError):
-        make(name).fit(bad)
+        make(name, **params).fit(bad)
     bad[3, 5] = np.inf
     with pytest.raises(ValueError):
-        make(name).fit(bad)
+        make(name, **params).fit(bad)
     small = x[:40]
     as64 = make(name, **BLOB_PARAMS[name]).fit_predict(small.astype(np.float64))
     np.testing.assert_array_equal(as64, make(name, **BLOB_PARAMS[name]).fit_predict(small))
@@ -232,6 +233,21 @@ def test_kmeans_fixed_k_and_auto_k(blobs):
     assert ScalableKMeans(n_clusters=500).fit(x[:20]).k_ == 20  # clamped to N
     with pytest.raises(ValueError):
         ScalableKMeans(n_clusters=0).fit(x)
+
+
+def test_cosine_threshold_has_no_default(blobs):
+    """The calibrated threshold belongs to the embedder: required where always used, checked where sometimes."""
+    from components.cluster import Infomap, Leiden
+
+    x, _ = blobs
+    for cls in (ChineseWhispers, Leiden, Infomap):
+        with pytest.raises(TypeError, match="threshold"):
+            cls()
+    for cls in (ScalableKMeans, KMeansGMM):
+        assert cls().threshold is None
+        with pytest.raises(ValueError, match="threshold"):
+            cls().fit(x)  # n_clusters="auto" needs it
+        assert cls(n_clusters=8).fit(x).n_clusters_ == 8  # a fixed k does not
 
 
 def test_gmm_refuses_what_would_not_fit_in_memory(blobs):

@@ -31,7 +31,7 @@ from components.identities.store import (
     LifecycleRunRow,
     PoolFaceRow,
 )
-from components.settings import Settings
+from components.settings import load_settings
 
 DIM = 32
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -92,16 +92,25 @@ def test_as_embeddings_rejects_the_wrong_dimension():
 
 def test_policy_rejects_nonsense():
     with pytest.raises(ValueError, match="assign_threshold"):
-        Policy(assign_threshold=1.5)
+        Policy(assign_threshold=1.5, cluster_threshold=0.9)
     with pytest.raises(ValueError, match="min_identity_size"):
-        Policy(min_identity_size=0)
+        Policy(assign_threshold=0.9, cluster_threshold=0.9, min_identity_size=0)
+
+
+def test_policy_thresholds_have_no_default():
+    # They belong to the model whose embeddings are compared (Policy.from_settings, policy_for_store).
+    with pytest.raises(TypeError, match="assign_threshold"):
+        Policy(cluster_threshold=0.9)
+    with pytest.raises(TypeError, match="cluster_threshold"):
+        Policy(assign_threshold=0.9)
 
 
 def test_policy_from_settings_reads_the_identities_and_cluster_sections():
-    policy = Policy.from_settings(Settings())
-    assert policy.assign_threshold == Settings().identities.assign_threshold
-    assert policy.cluster_threshold == Settings().cluster.threshold
-    assert policy.min_identity_size == Settings().cluster.min_identity_size
+    settings = load_settings()
+    policy = Policy.from_settings(settings)
+    assert policy.assign_threshold == settings.identities.assign_threshold
+    assert policy.cluster_threshold == settings.cluster.threshold
+    assert policy.min_identity_size == settings.cluster.min_identity_size
 
 
 # -- medoids --------------------------------------------------------------------------------
@@ -717,6 +726,18 @@ def test_simulate_stream_respects_cannot_link():
     for photo in (1, 2, 3):
         pair = identity[np.array([1, 1, 2, 2, 3, 3]) == photo]
         assert pair[0] != pair[1] or pair[0] == -1
+
+
+def test_simulate_stream_without_a_policy_takes_params_yaml():
+    x, _ = stream_data(2)
+    settings = load_settings()
+
+    def run(**kwargs) -> dict:
+        return {k: v for k, v in simulate_stream(x, None, n_batches=5, **kwargs).items() if k != "seconds"}
+
+    expected = run(policy=Policy.from_settings(settings))
+    assert run() == expected
+    assert run(settings=settings) == expected
 
 
 def test_simulate_stream_with_one_face():

@@ -349,6 +349,25 @@ def test_an_operation_failing_midway_changes_nothing(world, monkeypatch, operati
     assert world.state() == before
 
 
+@pytest.mark.parametrize("operation", ["merge", "split"])
+def test_without_a_policy_the_store_models_thresholds_are_used(world, monkeypatch, operation):
+    from components.identities.store import StoreModel
+    from components.settings import load_settings
+
+    own = {"verify": 0.5, "cluster": 0.6, "assign": 0.7}  # deliberately not params.yaml's
+    world.store.set_model(StoreModel("v2", 2, "registry", own))
+    used = []
+    monkeypatch.setattr(operations, "refresh_identities", lambda session, ids, policy, **kwargs: used.append(policy))
+    if operation == "merge":
+        operations.merge(world.store, world.identity_of_person[2], [world.identity_of_person[1]])
+    else:
+        identity = world.identity_of_person[0]
+        operations.split(world.store, identity, world.members(identity)[:1])
+    (policy,) = used
+    assert (policy.assign_threshold, policy.cluster_threshold) == (0.7, 0.6)
+    assert policy.medoid_sample_above == load_settings().identities.medoid_sample_above
+
+
 def test_show_lists_faces_best_first_and_the_history(world):
     identity = world.identity_of_person[0]
     operations.rename(world.store, identity, "Zoe", clock=clock(1))
