@@ -34,10 +34,14 @@ def crops_root(url: str, settings) -> str:
     """Where the stored relative crop paths start (a folder or ``s3://bucket/prefix``).
 
     ``$FACES_CROPS_ROOT`` when set; else, for a SQLite store, the folder holding the
-    file (``faces run`` writes the store and the crops side by side); else
-    ``run.out_dir``. Crops stored as ``s3://`` URIs or absolute paths need no root.
+    file (``faces run`` writes the store and the crops side by side); else the DAGs'
+    work area ``$FACES_WORK_URI`` (a server database filled by ``face_ingest``); else
+    ``run.out_dir``. Crops stored as ``s3://`` URIs need no root; local files are
+    deleted only inside it.
     """
-    return crops_root_for(url) or str(Path(settings.run.out_dir))
+    import os
+
+    return crops_root_for(url) or os.environ.get("FACES_WORK_URI") or str(Path(settings.run.out_dir))
 
 
 def actor() -> str:
