@@ -16,8 +16,15 @@ def test_upload_then_validate_quarantines_a_bad_batch(tmp_path, capsys, monkeypa
     batch.mkdir()
     shutil.copy(next((LFW / "AJ_Cook").glob("*.jpg")), batch / "good.jpg")
     (batch / "bad.jpg").write_bytes(b"not a photo")
+    import yaml
+
+    # The project's parameters (a params file must carry the local model's thresholds), with
+    # validation output in the test's folder.
+    values = yaml.safe_load((LFW.parents[2] / "params.yaml").read_text())
+    values["validate"].update(docs_dir=str(tmp_path / "docs"), quarantine_uri=str(tmp_path / "quarantine"))
+    values["base"]["models_dir"] = str(LFW.parents[2] / "models")
     params = tmp_path / "params.yaml"
-    params.write_text(f"validate:\n  docs_dir: {tmp_path / 'docs'}\n  quarantine_uri: {tmp_path / 'quarantine'}\n")
+    params.write_text(yaml.safe_dump(values))
     store = tmp_path / "store"
 
     assert main(["--params", str(params), "upload", str(batch), str(store), "--prefix", "b9", "--no-progress"]) == 0
