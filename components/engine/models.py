@@ -118,5 +118,6 @@ def model_for_store(store, settings) -> FaceModel:
             raise ModelMismatchError(f"the identity store holds embeddings of {sorted(versions)}, made by no model "
                                      f"known here (champion {model.version}, local {local.version})")
         model = local
-    store.set_model(model.store_model())
-    return model
+    adopted = store.adopt_model(model.store_model())
+    # Another task may have adopted a model at the same moment: use whatever the store holds.
+    return model if adopted.version == model.version else model_of_store_record(adopted, settings)

@@ -619,6 +619,23 @@ class IdentityStore:
             row.version, row.registry_version, row.source = model.version, model.registry_version, model.source
             row.thresholds, row.since = dict(model.thresholds), model.since or _now()
 
+    def adopt_model(self, model: StoreModel) -> StoreModel:
+        """Make ``model`` the active one unless the store already has one; returns the active model.
+
+        Safe when several ingest tasks adopt at once (the first insert wins, the others read it).
+        """
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.session() as session:
+                if session.get(StoreModelRow, "active") is None:
+                    session.add(StoreModelRow(role="active", version=model.version, registry_version=model.registry_version,
+                                              source=model.source, thresholds=dict(model.thresholds),
+                                              since=model.since or _now()))
+        except IntegrityError:
+            pass  # another process adopted first
+        return self.model("active")
+
     def begin_reembed(self, target: StoreModel) -> None:
         """Mark ``target`` as the model a re-embed moves to; staged vectors of any other model are dropped."""
         with self.session() as session:

@@ -1,0 +1,100 @@
+"""The identity store holds one model's embeddings at a time (no real model needed: vectors are given)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from components.identities import IdentityStore, NewFace, Policy, update_identities
+from components.identities import store as db
+from components.identities.lifecycle import ReembedIncomplete, switch_model
+from components.identities.store import ModelMismatchError, StoreModel
+
+OLD = StoreModel("net+old", None, "local", {"verify": 0.9, "cluster": 0.9, "assign": 0.9})
+NEW = StoreModel("net+new", 2, "registry", {"verify": 0.8, "cluster": 0.85, "assign": 0.85})
+POLICY = Policy(assign_threshold=0.9, cluster_threshold=0.9, recluster_pool_size=1)
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def people(seed: int, n_people: int = 3, per_person: int = 4, noise: float = 0.05) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(n_people, 16)))
+    return unit(np.repeat(centres, per_person, axis=0) + noise * rng.normal(size=(n_people * per_person, 16)))
+
+
+def fill(store: IdentityStore, vectors: np.ndarray, version: str) -> None:
+    for number, vector in enumerate(vectors):
+        face = NewFace(face_index=0, box=(0, 0, 50, 50), landmarks=np.zeros((5, 2)), confidence=1.0, blur=1.0,
+                       failures=[], embedding=vector, model_version=version, crop_path=f"crops/{number}.jpg")
+        store.add_image(f"{number:064d}", f"p{number}.jpg", (100, 100), [face], "test", None)
+
+
+@pytest.fixture
+def store(tmp_path) -> IdentityStore:
+    store = IdentityStore(f"sqlite:///{tmp_path / 'faces.db'}")
+    assert store.adopt_model(OLD) == store.model("active")
+    fill(store, people(0), OLD.version)
+    update_identities(store, policy=POLICY, clock=lambda: AT, full=True)
+    db.CROSS_VERSION_REFUSALS.clear()
+    return store
+
+
+def test_adopting_twice_keeps_the_first_model(store):
+    assert store.adopt_model(NEW).version == OLD.version
+    assert store.model("active").thresholds == OLD.thresholds
+
+
+def test_a_photo_embedded_by_another_model_is_not_stored(store):
+    before = store.counts()
+    face = NewFace(face_index=0, box=(0, 0, 50, 50), landmarks=np.zeros((5, 2)), confidence=1.0, blur=1.0,
+                   failures=[], embedding=people(1)[0], model_version=NEW.version, crop_path="crops/new.jpg")
+    with pytest.raises(ModelMismatchError, match="net\\+new"):
+        store.add_image("f" * 64, "new.jpg", (100, 100), [face], "test", None)
+    assert store.counts() == before
+    assert db.CROSS_VERSION_REFUSALS["add_image"] == 1
+
+
+def test_queries_refuse_to_put_two_models_side_by_side(store):
+    with store.session() as session:  # a face written behind the store's back, by another model
+        row = session.get(db.FaceRow, 1)
+        row.model_version = NEW.version
+    with pytest.raises(ModelMismatchError, match="cannot be compared"):
+        store.usable_faces()
+    assert db.CROSS_VERSION_REFUSALS["usable faces"] == 1
+
+
+def test_switch_needs_every_face_then_moves_all_and_recomputes_medoids(store):
+    store.begin_reembed(NEW)
+    todo = store.reembed_todo(NEW.version, limit=100)
+    assert len(todo) == 12 and store.reembed_remaining(NEW.version) == 12
+    vectors = people(7)  # the new model: other vectors, same people (rows in the same order)
+    store.stage_embeddings([face for face, _ in todo[:5]], NEW.version, vectors[:5])
+    with pytest.raises(ReembedIncomplete, match="7 faces"):
+        switch_model(store, NEW, POLICY, now=AT)
+    assert set(store.embedded_versions()) == {OLD.version} and store.model("active").version == OLD.version
+    store.stage_embeddings([face for face, _ in todo[5:]], NEW.version, vectors[5:])
+    report = switch_model(store, NEW, Policy(assign_threshold=0.85, cluster_threshold=0.85), now=AT)
+    assert report["faces"] == 12 and report["incoherent"] == []
+    assert store.embedded_versions() == {NEW.version: 12}
+    assert store.model("active").thresholds == NEW.thresholds and store.model("target") is None
+    with store.session() as session:
+        for identity, medoid in session.execute(db.select(db.IdentityRow.id, db.IdentityRow.medoid_face_id)).all():
+            ids, _, members = db.identity_members(session, [identity])
+            similarity = members @ members.T
+            assert medoid == ids[int(np.argmax(similarity.sum(axis=1)))]  # the new vectors' medoid
+    assert dict(db.CROSS_VERSION_REFUSALS) == {}
+
+
+def test_switch_reports_identities_that_no_longer_cohere(store):
+    store.begin_reembed(NEW)
+    todo = store.reembed_todo(NEW.version, limit=100)
+    scattered = unit(np.random.default_rng(3).normal(size=(12, 16)))  # the new model tears everyone apart
+    store.stage_embeddings([face for face, _ in todo], NEW.version, scattered)
+    report = switch_model(store, NEW, Policy(assign_threshold=0.85, cluster_threshold=0.85), now=AT)
+    assert len(report["incoherent"]) == store.counts()["identities"] >= 3
