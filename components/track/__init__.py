@@ -103,6 +103,19 @@ def data_version(dvc_file: Path | None = None) -> str | None:
     return found.group(1) if found else None
 
 
+def redact_url(url: str) -> str:
+    """A URL with its password replaced by ``***`` (database and S3 URLs go into logs and MLflow)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(str(url))
+    if not parts.password:
+        return str(url)
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    host = parts.hostname or ""
+    netloc = user + (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested dicts as dotted keys with string values (what MLflow params are)."""
     flat: dict[str, str] = {}

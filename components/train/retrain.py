@@ -276,6 +276,34 @@ def evaluate(stream_x: np.ndarray, stream_names: np.ndarray, held_x: np.ndarray,
             "_scores": scores}
 
 
+def check_params(params: RetrainParams) -> RetrainParams:
+    """Refuse retraining parameters that would fail only after training (checked before any work).
+
+    Raises:
+        RetrainError: names the parameter, the value and what is allowed.
+    """
+    from components.train.losses import LOSSES
+
+    problems = []
+    if params.promote_metric not in METRICS:
+        problems.append(f"promote_metric {params.promote_metric!r} is not one of {', '.join(METRICS)}")
+    if params.loss not in LOSSES:
+        problems.append(f"loss {params.loss!r} is not one of {', '.join(LOSSES)}")
+    for name in ("min_faces", "steps_per_epoch", "epochs", "patience", "identities_per_batch", "faces_per_identity",
+                 "stream_batches"):
+        if getattr(params, name) < 1:
+            problems.append(f"{name} must be at least 1, got {getattr(params, name)}")
+    if not params.learning_rate > 0:
+        problems.append(f"learning_rate must be above 0, got {params.learning_rate}")
+    if not 0 < params.held_out_share < 1:
+        problems.append(f"held_out_share must be between 0 and 1, got {params.held_out_share}")
+    if not -1 <= params.min_cohesion <= 1:
+        problems.append(f"min_cohesion is a cosine similarity in [-1, 1], got {params.min_cohesion}")
+    if problems:
+        raise RetrainError("bad retraining parameters: " + "; ".join(problems))
+    return params
+
+
 def decide(champion: dict, challenger: dict, metric: str, margin: float) -> dict:
     """Promote only when the challenger beats the champion by ``margin`` on ``metric``."""
     if metric not in METRICS:
@@ -371,12 +399,12 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
     import mlflow
 
     from components.datasets.lfw import LFW_ROOT_DEFAULT
-    from components.track import log_figure, log_json, start_run
+    from components.track import log_figure, log_json, redact_url, start_run
     from components.embed.thresholds import Thresholds
     from components.track.registry import HELD_OUT_PREFIX, promote, set_alias, set_thresholds, set_version_tags
     from components.train.loop import roc_figure, train
 
-    params = params or settings.retrain
+    params = check_params(params or settings.retrain)  # before any work: a typo fails now, not after training
     began = time.perf_counter()
     timings: dict[str, float] = {}
     try:
@@ -421,9 +449,11 @@ def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol
             data, chosen = from_store(IdentityStore(store_url), params.min_faces, params.min_cohesion)
         except TrainingDataError as error:
             raise RetrainError(f"no training labels from the identity store: {error}") from error
-        train_x_crops, source = data.x, f"identity store {store_url}"
-        # Keyed by the labelled faces too: the same store holds other faces next time.
-        store_key = f"store:{store_url}:" + hashlib.sha256(np.asarray(data.face_ids).tobytes()).hexdigest()[:16]
+        # The store URL may carry the database password: only its redacted form is logged.
+        train_x_crops, source = data.x, f"identity store {redact_url(store_url)}"
+        # Keyed by the labelled faces too: the same store holds other faces next time (hashed: no password on disk).
+        store_key = ("store:" + hashlib.sha256(store_url.encode()).hexdigest()[:16] + ":"
+                     + hashlib.sha256(np.asarray(data.face_ids).tobytes()).hexdigest()[:16])
         pair_features = np.stack([
             trunk_features(trunk, train_x_crops, np.arange(len(train_x_crops)), flip, store_key, progress=progress)
             for flip in (False, True)], axis=1)

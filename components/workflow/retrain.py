@@ -41,7 +41,18 @@ def retrain_params(settings, overrides: dict | None):
     unknown = sorted(set(chosen) - set(known))
     if unknown:
         raise WorkflowError(f"unknown retrain parameters {unknown}; known: {sorted(known)}")
-    return replace(base, **{key: known[key](value) for key, value in chosen.items()})
+    from components.train.retrain import RetrainError, check_params
+
+    converted = {}
+    for key, value in chosen.items():
+        try:
+            converted[key] = known[key](value)
+        except (TypeError, ValueError):
+            raise WorkflowError(f"retrain parameter {key}={value!r} is not a {known[key].__name__}") from None
+    try:
+        return check_params(replace(base, **converted))
+    except RetrainError as error:
+        raise WorkflowError(str(error)) from error
 
 
 def _local_dir(workspace: ws.Workspace, settings, *parts: str) -> Path:
@@ -76,11 +87,11 @@ def retrain(key: str, *, overrides: dict | None = None, labels_from: str = "stor
     workspace = _workspace(settings)
     if labels_from not in LABEL_SOURCES:
         raise WorkflowError(f"labels_from must be one of {LABEL_SOURCES}, got {labels_from!r}")
+    params = retrain_params(settings, overrides)  # a bad trigger parameter fails here, before any work
     safe_key = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
     out_uri = ws.join(workspace.root, "retrain", f"{safe_key}.json")
     if ws.exists(out_uri):
         return out_uri  # this request already ran: no second model version
-    params = retrain_params(settings, overrides)
     try:
         outcome = retrain_cycle(settings, _local_dir(workspace, settings, "retrain", safe_key), cycle=1,
                                 store_url=workspace.store_url if labels_from == "store" else None,

@@ -139,3 +139,30 @@ def test_retrain_overrides_are_checked(workspace_env):
     assert (params.epochs, params.learning_rate, params.loss) == (2, 0.001, settings.retrain.loss)
     with pytest.raises(WorkflowError, match="epochz"):
         retrain_params(settings, {"epochz": 1})
+
+
+def test_a_bad_trigger_parameter_fails_before_any_work(workspace_env, tmp_path, monkeypatch):
+    """A promote_metric typed wrongly fails the run at once, naming the allowed values; nothing is registered."""
+    from components.settings import load_settings
+    from components.workflow.retrain import retrain
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    settings = load_settings()
+    for overrides, named in (({"promote_metric": "acuracy"}, "accuracy, auc"), ({"loss": "tripplet"}, "triplet"),
+                             ({"learning_rate": -1}, "learning_rate"), ({"epochs": "two"}, "epochs")):
+        with pytest.raises(WorkflowError, match=named):
+            retrain("bad-params", overrides=overrides, settings=settings)
+    assert not (tmp_path / "mlflow").exists()  # no registry was even opened, nothing trained or registered
+
+
+def test_the_trigger_form_offers_only_valid_choices():
+    import ast
+    from pathlib import Path
+
+    from components.train.losses import LOSSES
+    from components.train.retrain import METRICS
+
+    source = (Path(__file__).resolve().parents[2] / "dags" / "face_retrain.py").read_text()
+    enums = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.keyword) and node.arg == "enum"]
+    offered = [set(ast.literal_eval(node.value)) - {None} for node in enums]
+    assert set(METRICS) in offered and set(LOSSES) in offered

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components.settings import PROJECT_ROOT
+from tests.integration.test_mlflow_server import postgres_database  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -113,3 +114,38 @@ def test_decision_needs_the_margin():
     assert decide(champion, {"accuracy": 0.980, "bcubed_f1": 0.9}, "bcubed_f1", 0.05)["decision"] == "promote"
     with pytest.raises(ValueError, match="promote_metric"):
         decide(champion, champion, "loss", 0.0)
+
+
+def test_retrain_from_a_password_protected_store_writes_the_password_nowhere(tmp_path, mlflow_store,
+                                                                              postgres_database):
+    """Self-labels from an identity store in PostgreSQL reached with a password: the cycle runs, and the
+    password is in no MLflow param, tag, metric or artifact, nor in the outputs."""
+    if not (PROJECT_ROOT / "data" / "lfw" / "people.txt").is_file() or not MODEL.is_file():
+        pytest.skip("LFW or the pretrained model missing (make setup)")
+    secret = "pw-" + os.urandom(6).hex()
+    store = f"postgresql+psycopg2://postgres:{secret}@127.0.0.1:5432/{postgres_database}"  # trust auth ignores it
+    photos = tmp_path / "photos"
+    people = ("Colin_Powell", "Tony_Blair", "Gerhard_Schroeder", "Hugo_Chavez", "Ariel_Sharon", "Donald_Rumsfeld")
+    for person in people:
+        (photos / person).mkdir(parents=True)
+        for number in range(1, 7):
+            name = f"{person}_{number:04d}.jpg"
+            (photos / person / name).symlink_to(PROJECT_ROOT / "data" / "lfw" / "images_deepfunneled" / person / name)
+    out = tmp_path / "out"
+    os.environ["FACES_CROPS_ROOT"] = str(out)  # relative crop paths of a server database start here
+    try:
+        done = _faces(["run", "--input", str(photos), "--out", str(out), "--db", store, "--no-progress"], tmp_path,
+                      mlflow_store)
+        assert done.returncode == 0, done.stderr[-3000:]
+        args = ["--params", _params(tmp_path, min_faces=3, promote_margin=1.0), "retrain", "--db", store,
+                "--limit-people", "8", "--no-progress", "--workdir", str(tmp_path / "work"),
+                "--out", str(tmp_path / "retrain.json")]
+        done = _faces(args, tmp_path, mlflow_store)
+    finally:
+        del os.environ["FACES_CROPS_ROOT"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert secret not in done.stdout + done.stderr
+    summary = json.loads((tmp_path / "retrain.json").read_text())
+    assert summary["cycles"][0]["labels"]["source"].startswith("identity store postgresql+psycopg2://postgres:***@")
+    leaks = [str(path) for path in tmp_path.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
+    assert leaks == [], f"the password was written to {leaks}"  # the MLflow database and artifacts included

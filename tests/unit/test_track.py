@@ -248,3 +248,11 @@ def test_models_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert faces(["models", "promote", "3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: MLflow at http://127.0.0.1:") and err.count("\n") == 1
+
+
+def test_redact_url_hides_passwords_only():
+    assert track.redact_url("postgresql+psycopg2://faces:s3cret@db:5432/faces") == \
+        "postgresql+psycopg2://faces:***@db:5432/faces"
+    assert track.redact_url("postgresql://faces@db/faces") == "postgresql://faces@db/faces"
+    assert track.redact_url("sqlite:////tmp/faces.db") == "sqlite:////tmp/faces.db"
+    assert "s3cret" not in track.redact_url("s3://key:s3cret@bucket/prefix")
