@@ -196,7 +196,7 @@ class ValidateParams:
             box; MTCNN puts a landmark outside on some tilted faces, so a few are normal.
         embedding_dim: dimension of the embeddings.
         embedding_norm_tolerance: allowed distance of an embedding's L2 norm from 1.
-        embedding_decimals: vectors equal when rounded to this many decimals are duplicates.
+        embedding_decimals: vectors whose values all agree within 10^-decimals are duplicates.
         cluster_min_size: smallest identity.
         cluster_max_share: largest share of all faces one identity may hold.
         cluster_share_min_faces: the share check applies from this many faces on.

@@ -202,7 +202,7 @@ def validate_embeddings(vectors, ids: Sequence[Any] | None = None, params: Valid
               f"Embeddings are L2-normalised (|norm - 1| <= {tol})."),
         Check("duplicate", _expect("ExpectColumnValuesToBeUnique", column="vector_key"),
               lambda value, row, t: f"same vector as {_others(t, 'vector_key', value, row.get('id'), 'id')}",
-              f"No two faces have the same vector (rounded to {p.embedding_decimals} decimals)."),
+              f"No two faces have the same vector (every value within 1e-{p.embedding_decimals})."),
         Check("unique_id", _expect("ExpectColumnValuesToBeUnique", column="id"),
               lambda value, row, t: "the id appears more than once", "Ids are unique."),
     ]

@@ -210,6 +210,31 @@ def face_table_from_arrays(arrays: Mapping[str, np.ndarray], photos: Sequence[st
     return table
 
 
+def _duplicate_keys(vectors: list[np.ndarray], finite: list[bool], tolerance: float) -> list[str | None]:
+    """A key per vector, shared by vectors of one size whose values all agree within ``tolerance``.
+
+    Each vector takes the key of the first earlier vector it matches (the hash of that
+    vector's values), so a group of near-equal vectors shares one key. One pass over the
+    earlier rows per vector: a shard of faces is compared in milliseconds.
+    """
+    keys: list[str | None] = [None] * len(vectors)
+    by_size: dict[int, list[int]] = {}
+    for index, (vector, ok) in enumerate(zip(vectors, finite)):
+        if ok:
+            by_size.setdefault(vector.size, []).append(index)
+    for indices in by_size.values():
+        x = np.stack([vectors[i] for i in indices])
+        owner = np.arange(len(indices))
+        for row in range(1, len(indices)):
+            close = np.flatnonzero(np.max(np.abs(x[:row] - x[row]), axis=1) <= tolerance)
+            if len(close):
+                owner[row] = owner[close[0]]
+        for position, index in enumerate(indices):
+            first = x[owner[position]] + 0.0  # -0.0 and 0.0 hash alike
+            keys[index] = hashlib.sha1(first.tobytes(), usedforsecurity=False).hexdigest()
+    return keys
+
+
 def embedding_table(vectors, ids: Sequence[Any] | None = None, *, decimals: int = 6):
     """The embedding table: one row per vector with its dimension, norm and a content key.
 
@@ -217,8 +242,10 @@ def embedding_table(vectors, ids: Sequence[Any] | None = None, *, decimals: int 
         vectors: an (N, D) array, or a sequence of 1-D vectors (their lengths may differ:
             that is what the ``dimension`` check is for).
         ids: each vector's id (face id, ``<sha256>_<face index>``); default 0..N-1.
-        decimals: vectors equal after rounding to this many decimals share a
-            ``vector_key`` (duplicates).
+        decimals: vectors whose every value agrees within ``10 ** -decimals`` share a
+            ``vector_key`` (duplicates). A tolerance, not rounding: the same crop embedded at
+            two positions of one batch differs in the last float bits, and rounding would
+            split such a pair whenever a value sits on a rounding boundary.
 
     Returns:
         ``id, dim, norm, finite, vector_key``; ``norm`` and ``vector_key`` are null for
@@ -238,17 +265,13 @@ def embedding_table(vectors, ids: Sequence[Any] | None = None, *, decimals: int 
     ids = list(range(len(rows))) if ids is None else list(ids)
     if len(ids) != len(rows):
         raise ValueError(f"{len(rows)} embeddings but {len(ids)} ids")
+    flat = [np.asarray(vector, np.float64).ravel() for vector in rows]
+    finite = [bool(np.isfinite(vector).all()) for vector in flat]
+    keys = _duplicate_keys(flat, finite, 10.0 ** -decimals)
     records = []
-    for identifier, vector in zip(ids, rows):
-        vector = np.asarray(vector, np.float64).ravel()
-        finite = bool(np.isfinite(vector).all())
-        key = None
-        if finite:
-            # + 0.0 turns -0.0 into 0.0, so both round to the same bytes.
-            key = hashlib.sha1((np.round(vector, decimals) + 0.0).tobytes(), usedforsecurity=False).hexdigest()
+    for identifier, vector, ok, key in zip(ids, flat, finite, keys):
         records.append({"id": identifier, "dim": int(vector.size),
-                        "norm": float(np.linalg.norm(vector)) if finite else None, "finite": finite,
-                        "vector_key": key})
+                        "norm": float(np.linalg.norm(vector)) if ok else None, "finite": ok, "vector_key": key})
     table = pd.DataFrame(records, columns=["id", "dim", "norm", "finite", "vector_key"])
     table["norm"] = table["norm"].astype("Float64")
     return table
