@@ -3,6 +3,7 @@
 from components.images.load import (
     IMAGE_EXTENSIONS,
     BadImageError,
+    encode_jpeg,
     file_sha256,
     iter_image_files,
     load_image,
@@ -15,6 +16,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "BadImageError",
     "__version__",
+    "encode_jpeg",
     "file_sha256",
     "iter_image_files",
     "load_image",

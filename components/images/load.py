@@ -350,3 +350,10 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
+    """JPEG bytes of an RGB uint8 array: how face crops are stored, by every ingest path."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from components import detect as detect_step
@@ -35,7 +34,8 @@ from components.engine.reembed import reembed
 from components.identities import IdentityStore, NewFace
 from components.identities.store import identity_labels
 from components.identities.lifecycle import Clock, policy_for_store, update_identities, utc_now
-from components.images import BadImageError, file_sha256, iter_image_files, load_image
+from components.images import BadImageError, encode_jpeg, file_sha256, iter_image_files, load_image
+from components.storage import LocalStorage
 from components.report.metrics import clustering_summary
 from components.settings import Settings
 
@@ -90,14 +90,6 @@ def folder_photos(root: Path, folder_labels: bool) -> tuple[list[Photo], list[Ba
     return photos, unreadable
 
 
-def save_crop(crop: np.ndarray, path: Path) -> None:
-    """Write a JPEG atomically (temp name, then rename), so no half-written crop is seen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(crop).save(tmp, format="JPEG", quality=92)
-    os.replace(tmp, path)
-
-
 class Ingestor:
     """Loads, detects, embeds and stores photos; skips what the store already has."""
 
@@ -106,6 +98,7 @@ class Ingestor:
         self.store = store
         self.out_dir = out_dir
         self.engine = engine
+        self.crops = LocalStorage(out_dir)  # crop paths in the store are keys relative to out_dir
 
     def ingest(self, photos: Iterable[Photo], log: IngestLog, progress: bool = True) -> None:
         photos = list(photos)
@@ -171,8 +164,8 @@ class Ingestor:
             faces, main = found.faces, found.main
             records = []
             for index, face in enumerate(faces):
-                crop_path = self.out_dir / "crops" / sha[:2] / f"{sha}_{index}.jpg"
-                save_crop(face.crop, crop_path)
+                crop_key = f"crops/{sha[:2]}/{sha}_{index}.jpg"
+                self.crops.put_bytes(crop_key, encode_jpeg(face.crop))  # atomic: no half-written crop is seen
                 records.append(
                     NewFace(
                         face_index=index,
@@ -183,7 +176,7 @@ class Ingestor:
                         failures=face.failures,
                         embedding=face.embedding,
                         model_version=face.model_version,
-                        crop_path=str(crop_path.relative_to(self.out_dir)),
+                        crop_path=crop_key,
                         label=photo.label if index == main else None,
                     )
                 )

@@ -29,7 +29,6 @@ its own outputs with the same content and the store ignores photos it already ha
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import time
@@ -360,14 +359,6 @@ def embed(detections_uri: str, *, settings=None) -> str:
 # -- 6. assign ------------------------------------------------------------------------------
 
 
-def _jpeg(crop: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(crop).save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue()
-
-
 def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, settings=None) -> dict:
     """Store one shard's photos, faces (with embeddings) and crops; one transaction per photo.
 
@@ -379,6 +370,7 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, settings=No
         ``face_failures``) and ``seconds``.
     """
     from components.identities import NewFace
+    from components.images import encode_jpeg
 
     started = time.perf_counter()
     embedded = ws.read_npz(embeddings_uri)
@@ -408,7 +400,7 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, settings=No
         for row in np.flatnonzero(arrays["photo"] == photo_index):
             index = int(arrays["face_index"][row])
             failed = [name for name in str(arrays["failures"][row]).split(",") if name]
-            crop_uri = ws.write_bytes(workspace.crop(photo["sha256"], index), _jpeg(arrays["crops"][row]))
+            crop_uri = ws.write_bytes(workspace.crop(photo["sha256"], index), encode_jpeg(arrays["crops"][row]))
             vector = vector_of.get(int(row))
             records.append(NewFace(
                 face_index=index, box=tuple(float(v) for v in arrays["boxes"][row]), landmarks=arrays["landmarks"][row],

@@ -15,6 +15,8 @@ import time
 from components.workflow import workspace as ws
 from components.workflow.ingest import _settings, _store, _workspace
 
+EXPERIMENT = "face_reembed"
+
 
 def reembed_store(*, alias: str = "champion", batch_size: int = 256, settings=None) -> str:
     """Re-embed the store with the model behind ``alias`` (no-op when it already uses it).
@@ -33,6 +35,23 @@ def reembed_store(*, alias: str = "champion", batch_size: int = 256, settings=No
     started = time.perf_counter()
     report = reembed(store, target, settings, batch_size=batch_size, progress=False)
     report["wall_seconds"] = round(time.perf_counter() - started, 3)
+    if report["changed"]:
+        # The switch, in the MLflow UI next to the promotion that caused it: which model the
+        # store left and took, how long it took, and the identities a person should review.
+        from components.workflow.tracking import log_once
+
+        before = (report.get("before") or {}).get("model_version")
+        key = f"{before}->{target.version}@{report['model']['since']}"
+        switch = report.get("switch") or {}
+        report["mlflow_run"] = log_once(
+            EXPERIMENT, key, run_name=f"re-embed to {target.registry_version or 'local'}",
+            params={"from_model": before, "to_model": target.version, "to_registry_version": target.registry_version,
+                    "batch_size": batch_size, **{f"threshold.{k}": v for k, v in target.thresholds.as_dict().items()}},
+            metrics={"faces": report["faces"], "seconds": report.get("seconds", 0.0),
+                     "faces_per_second": report.get("faces_per_second") or 0.0,
+                     "identities": switch.get("identities", 0), "incoherent_identities": len(switch.get("incoherent", []))},
+            json_artifacts={"reembed.json": report},
+            tags={"faces.model_version": target.version, "faces.registry_version": str(target.registry_version)})
     name = f"{int(time.time())}-{target.version}" if report["changed"] else f"unchanged-{target.version}"
     return ws.write_json(ws.join(workspace.root, "reembed", f"{name}.json"), report)
 

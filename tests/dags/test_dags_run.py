@@ -144,10 +144,12 @@ def test_reembed_moves_the_store_to_a_promoted_champion_once(ingested, tmp_path)
     assert json.loads(models[0][2]) == {"verify": 0.9, "cluster": 0.94, "assign": 0.94}
     reports = sorted((work / "reembed").glob("*.json"))
     assert len(reports) == 1 and read_json(reports[0])["changed"] is True
+    assert len(mlflow_runs(work, "face_reembed")) == 1  # the switch is in the MLflow UI, with its report
     rows = store_rows(work)
     dags_test(env, "face_reembed", REEMBED_DATE, {})  # cleared and re-run: the store already uses the champion
     assert store_rows(work) == rows and store_models(work) == (versions, models)
     assert read_json(sorted((work / "reembed").glob("unchanged-*.json"))[0])["changed"] is False
+    assert len(mlflow_runs(work, "face_reembed")) == 1
 
 
 RETRAIN_DATE = "2026-01-07T00:00:00+00:00"
