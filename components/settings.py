@@ -141,6 +141,8 @@ class ServeParams:
         batch_max_size: photos per adaptive batch of the embedder service.
         batch_max_latency_ms: BentoML sheds queued requests (drops the connection) whose estimated
             wait exceeds this; set high so that only the request timeout bounds waiting.
+        open_paths: paths answered without the key besides ``/healthz`` and ``/readyz``
+            (e.g. ``/metrics`` for a Prometheus that cannot send headers); default none.
     """
 
     require_api_key: bool = True
@@ -154,6 +156,7 @@ class ServeParams:
     store_refresh_s: float = 10.0
     batch_max_size: int = 32
     batch_max_latency_ms: int = 600_000
+    open_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,6 @@ class FaceAPI:
         STATE.params = params
         STATE.api_key = expected_api_key(params)  # refuses to start without a key when one is required
         STATE.routes = ROUTES
-        STATE.key_only = frozenset({"/reload"})
         STATE.readiness = self._readiness
         STATE.configured = True
 

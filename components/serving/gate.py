@@ -1,7 +1,8 @@
 """The ASGI middleware in front of the public service.
 
 Everything a request must pass before any model or BentoML's own parsing sees it,
-in the cheapest order: the API key (before reading the body), the content type and the
+in the cheapest order: the API key (before reading the body; every path needs it, the
+API docs and ``/metrics`` included, except the probes and ``serve.open_paths``), the content type and the
 declared size (before reading the body), then the multipart parts (every photo field a
 file declaring an image type; no unknown fields). Refusals are JSON bodies from
 :class:`~components.serving.errors.ServingError`.
@@ -42,7 +43,6 @@ class GateState:
         params: the ``serve`` parameters.
         api_key: the expected key (None: keys switched off).
         routes: path -> the multipart spec of a photo endpoint.
-        key_only: other paths that need the key (e.g. ``/reload``).
         model: the latest model description, for ``/healthz`` and error bodies.
         readiness: reports (ready, details) for ``/readyz``.
     """
@@ -50,7 +50,6 @@ class GateState:
     params: ServeParams = field(default_factory=ServeParams)
     api_key: str | None = None
     routes: dict[str, RouteSpec] = field(default_factory=dict)
-    key_only: frozenset[str] = frozenset()
     model: dict = field(default_factory=dict)
     readiness: Readiness | None = None
     configured: bool = False
@@ -104,21 +103,18 @@ class Gate:
             await self._probe(path, send)
             return
         state = self.state
-        spec = state.routes.get(path)
-        if spec is None and path not in state.key_only:
+        if path in state.params.open_paths:
             await self.app(scope, receive, send)
-            return
-        if method != "POST":
-            await self.app(scope, receive, send)  # BentoML answers 405
             return
         if not state.configured:
             await _send_json(send, 503, ServingError(503, "not_ready", "the service is starting").body())
             return
+        spec = state.routes.get(path)
         body_read = False
         try:
             check_api_key(_header(scope, API_KEY_HEADER), state.api_key)
-            if spec is None:
-                await self.app(scope, receive, send)
+            if spec is None or method != "POST":
+                await self.app(scope, receive, send)  # docs, metrics, /reload; BentoML answers 405 to a wrong method
                 return
             check_multipart(_header(scope, "content-type"))
             size = check_request_size(_header(scope, "content-length"), state.params)

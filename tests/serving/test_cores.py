@@ -153,3 +153,36 @@ def test_greedy_batching_keeps_the_cost_fit_and_drops_the_hold():
     optimizer.trigger_refresh()
     assert optimizer.wait == 0
     assert optimizer.o_a == pytest.approx(0.05, rel=1e-3) and optimizer.o_b == pytest.approx(0.1, rel=1e-3)
+
+
+def test_the_gate_refuses_every_path_without_the_key_but_probes_and_open_paths():
+    import asyncio
+
+    from components.serving.gate import Gate, GateState
+
+    reached = []
+
+    async def app(scope, receive, send):  # the service behind the gate: records what got through
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    def call(gate, path, key=None):
+        sent = []
+        headers = [(b"x-api-key", key.encode())] if key else []
+        scope = {"type": "http", "path": path, "method": "GET", "headers": headers}
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(gate(scope, receive, send))
+        return sent[0]["status"]
+
+    state = GateState(params=ServeParams(open_paths=("/metrics",)), api_key="k1", configured=True)
+    gate = Gate(app, state)
+    assert [call(gate, path) for path in ("/docs.json", "/reload", "/", "/metrics")] == [401, 401, 401, 200]
+    assert call(gate, "/docs.json", key="k1") == 200 and call(gate, "/docs.json", key="k2") == 401
+    assert reached == ["/metrics", "/docs.json"]

@@ -60,13 +60,24 @@ def test_probes_name_the_model(server):
 
 
 def test_openapi_documents_the_endpoints(server):
-    with server.client(key=None) as client:
+    with server.client() as client:
         spec = client.get("/docs.json")
     assert spec.status_code == 200
     paths = spec.json()["paths"]
     assert {"/verify", "/identify", "/embed", "/reload"} <= set(paths)
     schema = json.dumps(paths["/verify"])
     assert "photo_a" in schema and "photo_b" in schema
+
+
+@pytest.mark.parametrize("path", ["/docs.json", "/metrics", "/", "/no-such-path"])
+def test_every_path_but_the_probes_needs_the_key(server, path):
+    with server.client(key=None) as client:
+        refused = client.get(path)
+        probes = [client.get(probe).status_code for probe in ("/healthz", "/readyz")]
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key", refused.text
+    assert probes == [200, 200]
+    with server.client() as client:
+        assert client.get(path).status_code == (404 if path == "/no-such-path" else 200)
 
 
 def test_verify_same_and_different_pairs(server):
