@@ -765,7 +765,12 @@ def _apply_pool_plan(session, face_ids: np.ndarray, ids: np.ndarray, plan: PoolP
         db.AssignmentRow(face_id=int(face), identity_id=int(identity), similarity=float(sim), method=str(method))
         for face, identity, sim, method in zip(face_ids[placed], target[placed], plan.similarity[placed], plan.method[placed])
     )
-    session.execute(update(db.PoolFaceRow).values(reclustered=True))
+    # Only the rows this re-clustering read: a face pooled meanwhile by a concurrent assign
+    # (another batch) stays fresh, so the next re-clustering looks at it.
+    kept = [int(f) for f in face_ids[~placed]]
+    for start in range(0, len(kept), 500):
+        session.execute(update(db.PoolFaceRow).where(db.PoolFaceRow.face_id.in_(kept[start : start + 500]))
+                        .values(reclustered=True))
     session.flush()
     for group, identity in enumerate(new_ids):
         db.add_event(session, identity, "created", {"faces": int((plan.new_group == group).sum()), "by": "pool_recluster"},

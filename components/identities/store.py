@@ -542,6 +542,20 @@ class IdentityStore:
             ModelMismatchError: a face was embedded by another model than the store's
                 active one (a promotion happened meanwhile): nothing is stored.
         """
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            return self._add_image(sha256, path, size, faces, detector_version, label)
+        except IntegrityError:
+            # Another batch stored the same photo between our check and our insert (the
+            # sha256 is unique): it is stored once, and that is the photo's id.
+            existing = self.find_image(sha256)
+            if existing is None:
+                raise
+            return existing.id
+
+    def _add_image(self, sha256: str, path: str, size: tuple[int, int], faces: Sequence[NewFace], detector_version: str,
+                   label: str | None) -> int:
         with self.session() as session:
             existing = session.scalar(select(ImageRow.id).where(ImageRow.sha256 == sha256))
             if existing is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -98,3 +99,75 @@ def test_switch_reports_identities_that_no_longer_cohere(store):
     store.stage_embeddings([face for face, _ in todo], NEW.version, scattered)
     report = switch_model(store, NEW, Policy(assign_threshold=0.85, cluster_threshold=0.85), now=AT)
     assert len(report["incoherent"]) == store.counts()["identities"] >= 3
+
+
+def test_a_pool_reclustering_marks_only_the_faces_it_read(store):
+    """A face pooled by a concurrent assign after the re-clustering read the pool stays fresh."""
+    from components.identities.lifecycle import _apply_pool_plan, plan_pool
+
+    fill_more = people(5, n_people=1, per_person=3, noise=0.5)  # three loose faces: they stay in the pool
+    for number, vector in enumerate(fill_more, start=100):
+        face = NewFace(face_index=0, box=(0, 0, 50, 50), landmarks=np.zeros((5, 2)), confidence=1.0, blur=1.0,
+                       failures=[], embedding=vector, model_version=OLD.version, crop_path=f"crops/{number}.jpg")
+        store.add_image(f"{number:064d}", f"p{number}.jpg", (100, 100), [face], "test", None)
+    with store.session() as session:
+        new = db.unseen_faces(session)
+        session.add_all(db.PoolFaceRow(face_id=int(face), reclustered=False) for face in new.face_ids[:2])
+    with store.session() as session:
+        pool, _ = db.pool_matrix(session)  # the re-clustering reads faces 1 and 2 ...
+        session.add(db.PoolFaceRow(face_id=int(new.face_ids[2]), reclustered=False))  # ... a batch pools face 3
+        ids, medoids = db.identity_medoids(session)
+        plan = plan_pool(pool.embeddings, pool.photo_ids, medoids, replace(POLICY, min_identity_size=5), keys=ids.tolist())
+        _apply_pool_plan(session, pool.face_ids, ids, plan, POLICY, AT)
+    with store.session() as session:
+        fresh = dict(session.execute(db.select(db.PoolFaceRow.face_id, db.PoolFaceRow.reclustered)).all())
+    assert fresh[int(new.face_ids[2])] is False
+    assert all(fresh[int(face)] is True for face in pool.face_ids if int(face) in fresh)
+
+
+def test_the_same_photos_stored_by_four_batches_at_once_on_postgresql():
+    """Check-then-insert races on the sha256: each photo is stored once, no batch fails."""
+    import threading
+    import uuid
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"faces_race_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg2.connect(dbname="postgres", host="127.0.0.1", port=5432, user="postgres", connect_timeout=3)
+    except psycopg2.OperationalError as error:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {error}")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    try:
+        IdentityStore(url).engine.dispose()  # tables once, before the race
+        vectors = people(9, n_people=5, per_person=4)
+        barrier, errors, stores = threading.Barrier(4), [], [IdentityStore(url) for _ in range(4)]
+
+        def batch(store: IdentityStore, order: list[int]) -> None:
+            barrier.wait()
+            try:
+                for number in order:
+                    face = NewFace(face_index=0, box=(0, 0, 50, 50), landmarks=np.zeros((5, 2)), confidence=1.0,
+                                   blur=1.0, failures=[], embedding=vectors[number], model_version=None,
+                                   crop_path=f"crops/{number}.jpg")
+                    store.add_image(f"{number:064d}", f"p{number}.jpg", (100, 100), [face], "test", None)
+            except Exception as error:  # noqa: BLE001 - any failure of a batch is the finding
+                errors.append(error)
+
+        orders = [list(range(20)), list(range(19, -1, -1)), list(range(0, 20, 2)) + list(range(1, 20, 2)), list(range(20))]
+        threads = [threading.Thread(target=batch, args=(store, order)) for store, order in zip(stores, orders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        counts = IdentityStore(url).counts()
+        assert (counts["images"], counts["faces"]) == (20, 20)
+    finally:
+        for store in locals().get("stores", []):
+            store.engine.dispose()
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
