@@ -27,6 +27,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _model_line(summary: dict) -> str:
+    """Which model embedded the faces, from where, with which thresholds (and whether the store moved to it)."""
+    model = summary.get("model") or {}
+    version = model.get("model_version") or summary.get("model_version") or "-"
+    if not model:
+        return str(version)
+    origin = f"registry v{model['registry_version']}" if model.get("registry_version") else model.get("source", "local")
+    thresholds = ", ".join(f"{name} {value:.3f}" for name, value in (model.get("thresholds") or {}).items())
+    moved = " · the store was re-embedded with it first" if (model.get("reembedded") or {}).get("changed") else ""
+    return f"{version} ({origin}; thresholds {thresholds}){moved}"
+
+
 def build_summary(*, store: IdentityStore, log, clustering: dict | None, changed: bool, versions: dict, model_version: str | None,
                   input_name: str, settings, seconds: float, machine: str) -> dict:
     """Assemble the JSON summary of a run (this run's ingest + the store's state)."""
@@ -153,7 +165,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding
 </style></head><body>
 <h1>Identities</h1>
 <p>Input: {esc(summary['input'])} · finished {esc(summary['finished_at'])} · {summary['seconds']} s ·
-model {esc(str(summary.get('model_version') or '-'))} · this run: {run['photos_new']} new photos,
+model {esc(_model_line(summary))} · this run: {run['photos_new']} new photos,
 {run['photos_already_stored']} already stored, {run['n_rejected_files']} rejected files.</p>
 <div class="cards">{cards}</div>
 <p>Faces rejected by the quality gates: {failures}. The medoid of each identity has a green frame.</p>
