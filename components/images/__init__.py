@@ -3,11 +3,13 @@
 from components.images.load import (
     IMAGE_EXTENSIONS,
     BadImageError,
+    enable_heif,
     encode_jpeg,
     file_sha256,
     iter_image_files,
     load_image,
     load_image_bytes,
+    sniff_non_photo,
 )
 
 __version__ = "1.0.0"
@@ -16,9 +18,11 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "BadImageError",
     "__version__",
+    "enable_heif",
     "encode_jpeg",
     "file_sha256",
     "iter_image_files",
     "load_image",
     "load_image_bytes",
+    "sniff_non_photo",
 ]

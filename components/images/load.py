@@ -24,22 +24,40 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "BadImageError",
+    "enable_heif",
     "file_sha256",
     "iter_image_files",
     "load_image",
     "load_image_bytes",
+    "sniff_non_photo",
 ]
 
 logger = logging.getLogger(__name__)
 
+# The suffixes photos usually carry. Informational only: folders are walked by
+# content, every regular non-hidden file is tried, whatever its name.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+    {
+        ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+        ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".heic", ".heif", ".avif",
+    }
 )
 
-# Only the decoders for the formats above are ever tried. A file's suffix says
-# nothing about its content, and Pillow's other plugins (EPS runs Ghostscript,
-# plus many rarely audited parsers) are attack surface we do not need.
-_ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP")
+# Only the decoders for the raster formats photo libraries hold are ever tried.
+# A file's suffix says nothing about its content, and Pillow's other plugins
+# (EPS runs Ghostscript, plus many rarely audited parsers) are attack surface we
+# do not need. "PPM" covers PBM/PGM/PPM; TGA is tried last because its header
+# has no signature; HEIF comes from the optional pillow-heif package.
+_ALLOWED_FORMATS = (
+    "JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF", "HEIF", "TGA"
+)
+
+# ISO base media (``ftyp`` box) brands of still images: HEIC/HEIF/AVIF photos
+# share the container of MP4/MOV videos.
+_STILL_IMAGE_BRANDS = frozenset(
+    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis", b"mif2"}
+)
+_SNIFF_BYTES = 4096
 
 _WHITE = (255, 255, 255, 255)
 _TIFF_BITS_PER_SAMPLE = 258
@@ -52,7 +70,8 @@ class BadImageError(ValueError):
 
     Attributes:
         path: The offending file or folder, or ``"<bytes>"`` for in-memory data.
-        code: One of ``empty``, ``not_an_image``, ``truncated``,
+        code: One of ``empty``, ``not_an_image``, ``not_a_photo`` (a
+            recognised non-photo: a video or a PDF document), ``truncated``,
             ``too_many_pixels``, ``too_small``, ``unreadable``,
             ``unsupported_mode``.
         reason: A sentence for people, e.g. in a run report.
@@ -129,18 +148,21 @@ def iter_image_files(
 ) -> Iterator[tuple[Path, BadImageError | None]]:
     """Walk a folder tree in a deterministic order and yield candidate image files.
 
-    Entries are visited in sorted name order, depth first. Hidden entries
-    (names starting with ``.``, e.g. ``.DS_Store`` or ``._IMG_1.jpg``) and files
-    without an image suffix are skipped silently. Symlinked folders are
-    followed once; links that lead back to a visited folder are ignored.
+    Entries are visited in sorted name order, depth first. Every regular file is
+    yielded whatever its suffix (or none): whether it is a photo is decided by
+    its content, when `load_image` reads it. Only hidden entries (names
+    starting with ``.``, e.g. ``.DS_Store`` or ``._IMG_1.jpg``) are skipped
+    silently. Symlinked folders are followed once; links that lead back to a
+    visited folder are ignored.
 
     Args:
         root: The folder to walk.
 
     Returns:
-        An iterator of ``(path, None)`` for each image-suffixed file, and of
+        An iterator of ``(path, None)`` for each regular file, and of
         ``(path, BadImageError)`` with code ``unreadable`` for each folder that
-        cannot be listed or image-suffixed entry that is not a regular file;
+        cannot be listed or entry that is not a regular file (a broken link,
+        pipe or device);
         the walk continues after those.
 
     Raises:
@@ -182,6 +204,18 @@ def _decode(file: BinaryIO, path: Path | str, max_pixels: int, min_side: int) ->
         raise BadImageError(path, "unreadable", reason) from exc
     if is_empty:
         raise BadImageError(path, "empty", "the file is empty (0 bytes)")
+    try:
+        file.seek(0)
+        head = file.read(_SNIFF_BYTES)
+        file.seek(0)
+    except OSError as exc:
+        reason = f"the file cannot be read: {_describe(exc)}"
+        raise BadImageError(path, "unreadable", reason) from exc
+    kind = sniff_non_photo(head)
+    if kind is not None:
+        # Known non-photo content never reaches a decoder (TGA has no signature
+        # and could otherwise claim some of it).
+        raise BadImageError(path, "not_a_photo", kind)
 
     with _open(file, path) as image:
         width, height = image.size
@@ -220,8 +254,8 @@ def _open(file: BinaryIO, path: Path | str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise _pillow_bomb_error(path, exc) from exc
     except UnidentifiedImageError as exc:
-        accepted = ", ".join(_ALLOWED_FORMATS)
-        reason = f"the content is not a recognised image (accepted: {accepted})"
+        accepted = ", ".join(_available_formats())
+        reason = f"not an image: the content is not a recognised image (accepted: {accepted})"
         raise BadImageError(path, "not_an_image", reason) from exc
     except Exception as exc:  # a malformed header can make a parser raise anything
         reason = f"the image header is corrupt: {_describe(exc)}"
@@ -235,11 +269,78 @@ def _pillow_bomb_error(path: Path | str, exc: Exception) -> BadImageError:
     return BadImageError(path, "too_many_pixels", reason)
 
 
+def sniff_non_photo(head: bytes) -> str | None:
+    """Name known non-photo content from a file's first bytes, e.g. ``"video file (MP4/MOV)"``.
+
+    Args:
+        head: The first bytes of the file (a few KB are plenty).
+
+    Returns:
+        A reason for people (``"video file (...)"`` or ``"not an image: PDF
+        document"``), or None when the content is not a known non-photo.
+    """
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        if head[8:12] not in _STILL_IMAGE_BRANDS:
+            return "video file (MP4/MOV)"
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video file (AVI)"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "video file (Matroska/WebM)"
+    if _is_mpeg_ts(head):
+        return "video file (MPEG-TS)"
+    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
+        return "video file (MPEG)"
+    if head[:3] == b"FLV":
+        return "video file (FLV)"
+    if head[:16] == b"\x30\x26\xb2\x75\x8e\x66\xcf\x11\xa6\xd9\x00\xaa\x00\x62\xce\x6c":
+        return "video file (WMV/ASF)"
+    if b"%PDF-" in head[:1024]:  # PDF readers accept the marker anywhere in the first 1 KB
+        return "not an image: PDF document"
+    return None
+
+
+def _is_mpeg_ts(head: bytes) -> bool:
+    # 188-byte packets (.ts), or 192-byte ones with a 4-byte timestamp (.m2ts/.mts),
+    # each starting with the sync byte 0x47: two packets in a row are needed.
+    for offset, size in ((0, 188), (4, 192)):
+        if len(head) > offset + size and head[offset] == 0x47 and head[offset + size] == 0x47:
+            return True
+    return False
+
+
 def _available_formats() -> tuple[str, ...]:
     # Image.open raises KeyError for a format whose plugin is missing (e.g. a
     # Pillow built without WebP), so ask only for the registered ones.
     Image.init()
+    _register_heif()
     return tuple(name for name in _ALLOWED_FORMATS if name in Image.OPEN)
+
+
+_heif_tried = False
+
+
+def enable_heif() -> None:
+    """Let Pillow open HEIC/HEIF photos when pillow-heif is installed (idempotent, lazy)."""
+    _register_heif()
+
+
+def _register_heif() -> None:
+    # HEIC (iPhone photos) needs pillow-heif; registered on first use, not on
+    # import, and the loader works without it.
+    global _heif_tried
+    if _heif_tried:
+        return
+    _heif_tried = True
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    try:
+        # Pillow reads AVIF itself; let pillow-heif add HEIF only.
+        register_heif_opener(thumbnails=False)
+    except Exception as exc:  # a broken native library must not stop the run
+        logger.warning("HEIC support unavailable: %s", _describe(exc))
 
 
 def _apply_exif_orientation(image: Image.Image, path: Path | str) -> None:
@@ -328,15 +429,14 @@ def _walk(
         path = Path(entry.path)
         if _is(entry.is_dir):
             yield from _walk(path, visited)
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            if _is(entry.is_file):
-                yield path, None
-            else:
-                # Opening a pipe would block the run; a broken link would only
-                # fail later with a vaguer message.
-                yield path, BadImageError(
-                    path, "unreadable", "not a regular file (a broken link, pipe or device)"
-                )
+        elif _is(entry.is_file):
+            yield path, None
+        else:
+            # Opening a pipe would block the run; a broken link would only
+            # fail later with a vaguer message.
+            yield path, BadImageError(
+                path, "unreadable", "not a regular file (a broken link, pipe or device)"
+            )
 
 
 def _is(check: Callable[[], bool]) -> bool:

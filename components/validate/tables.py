@@ -60,6 +60,13 @@ def describe_image(key: str, data: bytes, max_pixels: int = 40_000_000) -> dict:
     if not data:
         row["error"] = "empty: the file is empty (0 bytes)"
         return row
+    from components.images import enable_heif, sniff_non_photo
+
+    kind = sniff_non_photo(data[:4096])
+    if kind is not None:  # a video or a PDF in the batch: say what it is
+        row["error"] = f"not_a_photo: {kind}"
+        return row
+    enable_heif()
     try:
         with Image.open(io.BytesIO(data)) as image:
             row.update(format=image.format, width=image.width, height=image.height, pixels=image.width * image.height)

@@ -43,7 +43,10 @@ from components.workflow import BatchRejected, WorkflowError
 from components.workflow import workspace as ws
 
 EXPERIMENT = "face_ingest"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Usual photo suffixes, for messages only: keys are not filtered by suffix, the image
+# suite decides by content (a non-photo fails ``decodable`` with its reason).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                  ".ppm", ".pgm", ".pbm", ".tga", ".heic", ".avif")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -90,9 +93,13 @@ def model_for(store, settings):
 
 
 def is_image_key(key: str) -> bool:
-    """Whether a listed key is a photo: an image suffix, and no hidden part (``.DS_Store``, ``._x.jpg``)."""
+    """Whether a listed key is a candidate photo: any file name, but no hidden part (``.DS_Store``, ``._x.jpg``).
+
+    The suffix is not looked at: photos without one, or with an unusual one (``.pgm``),
+    are photos; a non-photo is rejected by the image suite, with its reason.
+    """
     parts = key.split("/")
-    return key.lower().endswith(IMAGE_SUFFIXES) and not any(part.startswith(".") for part in parts)
+    return bool(parts[-1]) and not any(part.startswith(".") for part in parts)
 
 
 def batch_id_of(source: str, keys: list[str]) -> str:

@@ -189,3 +189,59 @@ def test_killed_run_resumes_without_duplicates(workspace, first_run, tmp_path):
     resumed = IdentityStore(f"sqlite:///{database}").counts()
     assert resumed == first_run["store"]
     assert not list(out.rglob("*.tmp"))
+
+
+# -- inputs by content, not by name ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory) -> dict:
+    """A folder as a user's disk holds it: PGM scans, a JPEG without a suffix, a video, a PDF."""
+    base = tmp_path_factory.mktemp("mixed")
+    photos = base / "photos"
+    photos.mkdir()
+    people = demo_subset(LFW, n_people=2, min_images=10, max_images_per_person=10)
+    pgm = []
+    for person, paths in people.items():
+        for path in paths[:2]:
+            target = photos / f"{path.stem}.pgm"
+            Image.open(path).convert("L").save(target)  # binary PGM (P5), Pillow's format "PPM"
+            pgm.append(target.name)
+    jpeg = next(iter(people.values()))[2]
+    shutil.copyfile(jpeg, photos / "IMG_0001")  # a real JPEG, no suffix
+    (photos / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(4096))
+    (photos / "scan.pdf").write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<<>>\n%%EOF\n")
+    (photos / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"]["models_dir"] = str(ROOT / "models")
+    (base / "params.yaml").write_text(yaml.safe_dump(params))
+    out = base / "out"
+    result = faces_cli("run", "--input", str(photos), "--out", str(out), params=base / "params.yaml")
+    headline = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    return {"out": out, "pgm": pgm, "headline": headline, "report": json.loads((out / "report.json").read_text())}
+
+
+def test_pgm_and_suffixless_photos_are_ingested_by_content(mixed_run):
+    store = IdentityStore(f"sqlite:///{mixed_run['out'] / 'faces.db'}")
+    with store.session() as session:
+        from components.identities.store import FaceRow, ImageRow
+        from sqlalchemy import select
+
+        rows = session.execute(select(ImageRow.path, FaceRow.passed).join(FaceRow)).all()
+    usable = {Path(path).name for path, passed in rows if passed}
+    assert usable >= {*mixed_run["pgm"], "IMG_0001"}
+    assert mixed_run["report"]["this_run"]["photos_new"] == len(mixed_run["pgm"]) + 1
+    assert mixed_run["headline"]["photos_new"] == len(mixed_run["pgm"]) + 1
+
+
+def test_video_and_pdf_are_listed_with_their_reasons(mixed_run):
+    run = mixed_run["report"]["this_run"]
+    rejected = {Path(item["path"]).name: (item["code"], item["reason"]) for item in run["rejected_files"]}
+    assert rejected == {
+        "clip.mp4": ("not_a_photo", "video file (MP4/MOV)"),
+        "scan.pdf": ("not_a_photo", "not an image: PDF document"),
+    }
+    assert run["n_rejected_files"] == 2
+    assert mixed_run["headline"]["rejected_files"] == 2  # the console summary counts them
+    html = (mixed_run["out"] / "report.html").read_text()
+    assert "clip.mp4" in html and "video file (MP4/MOV)" in html and "PDF document" in html

@@ -84,8 +84,9 @@ def test_package_exposes_version_and_api():
         "iter_image_files",
         "file_sha256",
     }
-    assert IMAGE_EXTENSIONS == {
-        ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"
+    assert IMAGE_EXTENSIONS >= {
+        ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+        ".ppm", ".pgm", ".pbm", ".tga", ".heic", ".avif",
     }
 
 
@@ -219,12 +220,131 @@ def test_file_without_read_permission_is_unreadable(tmp_path):
         locked.chmod(0o600)
 
 
-def test_other_formats_are_not_decoded_even_with_an_image_suffix(tmp_path):
+@pytest.mark.parametrize("pillow_format", ["PCX", "EPS", "ICO"])
+def test_other_formats_are_not_decoded_even_with_an_image_suffix(tmp_path, pillow_format):
     path = tmp_path / "portrait.jpg"
-    Image.new("RGB", (30, 30), RED).save(path, "PPM")
-    assert _pillow_says(path, "format") == "PPM"  # Pillow alone would accept it
+    Image.new("RGB", (30, 30), RED).save(path, pillow_format)
+    assert _pillow_says(path, "format") == pillow_format  # Pillow alone would accept it
 
-    assert _code(path) == "not_an_image"
+    with pytest.raises(BadImageError) as caught:
+        load_image(path)
+    assert caught.value.code == "not_an_image"
+    assert caught.value.reason.startswith("not an image")
+    assert "EPS" not in caught.value.reason.split("accepted:")[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "pillow_format", "mode"),
+    [("face.pgm", "PPM", "L"), ("face.ppm", "PPM", "RGB"), ("face.pbm", "PPM", "1"), ("face.tga", "TGA", "RGB")],
+)
+def test_netpbm_and_tga_photos_load(tmp_path, name, pillow_format, mode):
+    path = tmp_path / name
+    colour = {"L": 200, "RGB": RED, "1": 1}[mode]
+    Image.new(mode, (30, 20), colour).save(path, pillow_format)
+    assert _pillow_says(path, "format") == pillow_format
+
+    array = load_image(path)
+
+    _assert_rgb(array, 20, 30)
+    expected = {"L": (200, 200, 200), "RGB": RED, "1": WHITE}[mode]
+    _assert_color(array[10, 15], expected, tolerance=0)
+
+
+def test_16_bit_pgm_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "scan.pgm"
+    Image.fromarray(np.full((20, 30), 32768, np.uint16)).save(path, "PPM")
+
+    _assert_color(load_image(path)[10, 15], (128, 128, 128), tolerance=0)
+
+
+def test_a_photo_without_a_suffix_loads(tmp_path):
+    path = tmp_path / "IMG_0001"
+    Image.new("RGB", (30, 30), BLUE).save(path, "JPEG")
+
+    _assert_color(load_image(path)[15, 15], BLUE, tolerance=4)
+
+
+def test_heic_photo_loads_when_pillow_heif_is_installed(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    path = tmp_path / "IMG_0002.HEIC"
+    heif = pillow_heif.from_bytes(mode="RGB", size=(32, 24), data=bytes(RED) * (32 * 24))
+    try:
+        heif.save(path, quality=95)
+    except Exception as exc:  # a wheel built without an HEVC encoder
+        pytest.skip(f"pillow-heif cannot encode HEIC here: {exc}")
+
+    array = load_image(path)
+
+    _assert_rgb(array, 24, 32)
+    _assert_color(array[12, 16], RED, tolerance=12)
+
+
+def test_avif_photo_loads_when_pillow_reads_it(tmp_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF support")
+    path = tmp_path / "photo.avif"
+    Image.new("RGB", (32, 24), BLUE).save(path, "AVIF", quality=95)
+
+    _assert_color(load_image(path)[12, 16], BLUE, tolerance=12)
+
+
+MP4 = b"\x00\x00\x00\x18ftypmp42" + bytes(4096)
+TS_PACKET = b"\x47\x40\x00\x10" + bytes(184)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (MP4, "MP4/MOV"),
+        (b"\x00\x00\x00\x14ftypqt  " + bytes(500), "MP4/MOV"),
+        (b"RIFF\x00\x10\x00\x00AVI LIST" + bytes(500), "AVI"),
+        (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81" + bytes(500), "Matroska/WebM"),
+        (TS_PACKET * 4, "MPEG-TS"),
+        ((b"\x00\x00\x00\x00" + TS_PACKET) * 4, "MPEG-TS"),  # .m2ts: 4-byte time stamps
+        (b"\x00\x00\x01\xba\x44" + bytes(500), "MPEG"),
+    ],
+)
+def test_video_files_are_not_photos(tmp_path, data, kind):
+    path = tmp_path / "clip.jpg"  # the suffix does not matter
+    path.write_bytes(data)
+
+    with pytest.raises(BadImageError) as caught:
+        load_image(path)
+
+    assert caught.value.code == "not_a_photo"
+    assert caught.value.reason == f"video file ({kind})"
+    # The same rules for uploads:
+    with pytest.raises(BadImageError, match=r"video file"):
+        load_image_bytes(data)
+
+
+def test_pdf_is_not_a_photo(tmp_path):
+    path = tmp_path / "scan.pdf"
+    path.write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n%%EOF\n")
+
+    with pytest.raises(BadImageError) as caught:
+        load_image(path)
+
+    assert (caught.value.code, caught.value.reason) == ("not_a_photo", "not an image: PDF document")
+
+
+def test_text_without_a_suffix_is_not_an_image(tmp_path):
+    path = tmp_path / "README"
+    path.write_text("hello\n")
+
+    with pytest.raises(BadImageError) as caught:
+        load_image(path)
+
+    assert caught.value.code == "not_an_image"
+    assert caught.value.reason.startswith("not an image")
+
+
+def test_heic_brands_are_not_mistaken_for_videos():
+    for brand in (b"heic", b"mif1", b"avif"):
+        assert images.sniff_non_photo(b"\x00\x00\x00\x18ftyp" + brand + bytes(20)) is None
+    assert images.sniff_non_photo(b"\xff\xd8\xff\xe0" + bytes(20)) is None
 
 
 def test_content_not_suffix_decides_the_format(tmp_path):
@@ -483,7 +603,7 @@ def _touch(root: Path, *names: str) -> None:
         (root / name).write_bytes(b"")
 
 
-def test_walk_is_sorted_recursive_and_skips_hidden_and_other_files(tmp_path):
+def test_walk_is_sorted_recursive_and_skips_only_hidden_files(tmp_path):
     _touch(
         tmp_path,
         "sub/c.jpeg",
@@ -496,15 +616,22 @@ def test_walk_is_sorted_recursive_and_skips_hidden_and_other_files(tmp_path):
         ".thumbnails/t.jpg",
         "sub/scan.TIFF",
         "sub/movie.mp4",
+        "sub/face.pgm",
+        "IMG_0001",
     )
 
     found = list(iter_image_files(tmp_path))
 
+    # Every non-hidden file, whatever its suffix: the loader decides by content.
     assert found == [
         (tmp_path / "Album/e.gif", None),
+        (tmp_path / "IMG_0001", None),
         (tmp_path / "a.png", None),
         (tmp_path / "b.JPG", None),
+        (tmp_path / "notes.txt", None),
         (tmp_path / "sub/c.jpeg", None),
+        (tmp_path / "sub/face.pgm", None),
+        (tmp_path / "sub/movie.mp4", None),
         (tmp_path / "sub/scan.TIFF", None),
     ]
 
