@@ -211,7 +211,7 @@ class ValidateParams:
     image_min_side: int = 20
     image_max_side: int = 20000
     image_max_pixels: int = 40_000_000
-    image_formats: tuple = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+    image_formats: tuple = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA", "HEIF", "AVIF")
     face_crop_size: int = 150
     face_min_usable_share: float = 0.5
     face_landmark_tolerance: float = 0.1

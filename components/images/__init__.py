@@ -3,6 +3,7 @@
 from components.images.load import (
     IMAGE_EXTENSIONS,
     BadImageError,
+    decodable_formats,
     enable_heif,
     encode_jpeg,
     file_sha256,
@@ -18,6 +19,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "BadImageError",
     "__version__",
+    "decodable_formats",
     "enable_heif",
     "encode_jpeg",
     "file_sha256",

@@ -309,6 +309,11 @@ def _is_mpeg_ts(head: bytes) -> bool:
     return False
 
 
+def decodable_formats() -> tuple[str, ...]:
+    """The Pillow formats photos are ever decoded with (the allow-list, as installed)."""
+    return _available_formats()
+
+
 def _available_formats() -> tuple[str, ...]:
     # Image.open raises KeyError for a format whose plugin is missing (e.g. a
     # Pillow built without WebP), so ask only for the registered ones.

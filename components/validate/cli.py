@@ -7,15 +7,14 @@ import sys
 
 
 def cmd_validate(args, settings) -> int:
-    from components.images import IMAGE_EXTENSIONS
     from components.storage import StorageError, open_storage
     from components.validate import image_table, quarantine, validate_images
 
     params = settings.validate
     try:
         storage = open_storage(args.source, settings.storage)
-        keys = [key for key in storage.list()
-                if "." + key.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and not key.rsplit("/", 1)[-1].startswith(".")]
+        # Every file but hidden ones, whatever its suffix: the suite judges content, with reasons.
+        keys = [key for key in storage.list() if not any(part.startswith(".") for part in key.split("/"))]
         table = image_table(keys, storage=storage, max_pixels=params.image_max_pixels)
         report = validate_images(table, params, batch_id=args.batch_id,
                                  docs="always" if args.docs else None)

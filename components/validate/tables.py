@@ -60,7 +60,7 @@ def describe_image(key: str, data: bytes, max_pixels: int = 40_000_000) -> dict:
     if not data:
         row["error"] = "empty: the file is empty (0 bytes)"
         return row
-    from components.images import enable_heif, sniff_non_photo
+    from components.images import decodable_formats, enable_heif, sniff_non_photo
 
     kind = sniff_non_photo(data[:4096])
     if kind is not None:  # a video or a PDF in the batch: say what it is
@@ -68,7 +68,8 @@ def describe_image(key: str, data: bytes, max_pixels: int = 40_000_000) -> dict:
         return row
     enable_heif()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        # Only the loader's decoders: an EPS would run Ghostscript, other plugins are attack surface.
+        with Image.open(io.BytesIO(data), formats=decodable_formats()) as image:
             row.update(format=image.format, width=image.width, height=image.height, pixels=image.width * image.height)
             if row["pixels"] > max_pixels:
                 return row  # not decoded on purpose; the pixels check names it

@@ -64,10 +64,12 @@ def test_a_bad_image_batch_names_every_bad_row_and_why(tmp_path):
     for photo in good:
         shutil.copy(photo, batch / photo.name)
     shutil.copy(good[0], batch / "copy_of_first.jpg")  # duplicate content
-    Image.new("RGB", (40, 30)).save(batch / "scan.ppm")  # decodes, but not an accepted format
+    Image.new("RGB", (40, 30)).save(batch / "scan.ppm")  # decodes, but not a format this deployment accepts
+    Image.new("RGB", (40, 30)).save(batch / "drawing.eps")  # never decoded: EPS would run Ghostscript
     Image.new("RGB", (400, 300)).save(batch / "large.jpg")  # above this test's pixel limit
     codes = write_bad_images(batch)
-    params = dataclasses.replace(PARAMS, image_max_pixels=100_000)  # LFW photos have 62,500
+    params = dataclasses.replace(PARAMS, image_max_pixels=100_000,  # LFW photos have 62,500
+                                 image_formats=tuple(f for f in PARAMS.image_formats if f != "PPM"))
 
     report = validate_images(image_table(sorted(batch.iterdir()), max_pixels=params.image_max_pixels), params)
 
@@ -76,7 +78,7 @@ def test_a_bad_image_batch_names_every_bad_row_and_why(tmp_path):
     got = {name[row]: checks for row, checks in failed(report).items()}
     assert got == {
         good[0].name: ["duplicate"], "copy_of_first.jpg": ["duplicate"],
-        "scan.ppm": ["format"], "large.jpg": ["pixels"], "tiny.png": ["height", "width"],
+        "scan.ppm": ["format"], "drawing.eps": ["decodable"], "large.jpg": ["pixels"], "tiny.png": ["height", "width"],
         **{n: ["decodable"] for n, code in codes.items() if code != "too_small"},
     }
     reasons = {(name[f["row"]], f["check"]): f["reason"] for f in report.failures}
