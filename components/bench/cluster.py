@@ -3,7 +3,7 @@
 Three parts, each runnable alone (``--part``); their results are merged into one JSON
 (``bench/results/cluster.json``) with the hardware, command and date of each part.
 
-Quality (LFW, DESIGN.md 6). Main-face embeddings of all 13,233 photos (cached by
+Quality (LFW, README.md "Evaluation protocols"). Main-face embeddings of all 13,233 photos (cached by
 pipeline version, shared with ``faces bench lfw-verify``). Parameters are never chosen
 on the labels they are scored on: every algorithm's ``CALIBRATION_GRID`` is searched
 on the people of ``people.txt`` folds 1-5, choosing by **BCubed F**, and that setting

@@ -2,7 +2,7 @@
 
 The shipped Chinese Whispers threshold is calibrated on the people of LFW's
 ``people.txt`` folds 1-5 and scored on the people of folds 6-10, who were not
-looked at (DESIGN.md 6). Embeddings are the main-face embeddings of every photo in ``pairs.txt``,
+looked at (README.md, "Evaluation protocols"). Embeddings are the main-face embeddings of every photo in ``pairs.txt``,
 shared (cached) with ``faces bench lfw-verify``.
 """
 

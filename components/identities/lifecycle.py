@@ -1,6 +1,6 @@
 """Identities that live over time: incremental assignment, the unknown pool, re-clustering.
 
-The policy (DESIGN.md section 1), one batch of photos at a time:
+The policy (README.md, "Identities over time"), one batch of photos at a time:
 
 1. **Assign.** Every new usable face is compared (cosine) with every identity's
    medoid. It joins the most similar identity when the similarity reaches

@@ -16,7 +16,7 @@ One cycle (:func:`retrain_cycle`):
    frozen, so their output is computed once per face (and its mirror image) and
    cached: a cycle runs on two CPU cores in minutes. Early stopping on self-labelled
    identities held out of training (:mod:`components.train.loop`).
-4. Evaluation on people never trained on (DESIGN.md 6): ``pairs.txt`` folds 6-10
+4. Evaluation on people never trained on (README.md, "Evaluation protocols"): ``pairs.txt`` folds 6-10
    (verification accuracy with the threshold fit on the other folds, AUC, TAR at
    FAR 1e-3) and clustering of the folds 6-10 people (Chinese Whispers at a threshold
    calibrated for each model on folds 1-5 people: the protocol that chose the shipped
@@ -143,7 +143,7 @@ def flip_choice(batch, seed):
 
 @dataclass
 class LFWProtocol:
-    """LFW split by people (DESIGN.md 6), as rows of the cached faces.
+    """LFW split by people (README.md, "Evaluation protocols"), as rows of the cached faces.
 
     Attributes:
         faces: the cached faces (:class:`components.train.lfw_faces.LFWFaces`).
