@@ -84,12 +84,20 @@ def champion_model(settings, alias: str = "champion") -> FaceModel:
     return load_model(resolve(alias), settings.embed.batch_size)
 
 
-def model_of_store_record(record: StoreModel, settings) -> FaceModel:
-    """Load the model a store records, checking its weights are the ones that made the embeddings."""
+def store_model_ref(record: StoreModel):
+    """The file of the model a store records (a registry version, or the local model), with the
+    thresholds the store took over at its switch (:class:`components.track.registry.ModelRef`)."""
+    from dataclasses import replace
+
     from components.track.registry import resolve_version
 
-    ref = resolve_version(record.registry_version if record.source == "registry" else None)
-    model = load_model(ref, settings.embed.batch_size, Thresholds.from_dict(record.thresholds))
+    ref = resolve_version(record.registry_version if record.source == "registry" else None, require_thresholds=False)
+    return replace(ref, thresholds=Thresholds.from_dict(record.thresholds))
+
+
+def model_of_store_record(record: StoreModel, settings) -> FaceModel:
+    """Load the model a store records, checking its weights are the ones that made the embeddings."""
+    model = load_model(store_model_ref(record), settings.embed.batch_size)
     if model.version != record.version:
         raise ModelMismatchError(
             f"the identity store's model is {record.version}, but "

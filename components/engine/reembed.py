@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import numpy as np
@@ -23,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from components.embed import INPUT_SIZE
-from components.identities.crops import crops_root_for, read_crop
+from components.identities.crops import CropReader, crops_root_for
 from components.identities.lifecycle import Policy, ReembedIncomplete, switch_model, utc_now
 
 
@@ -43,21 +42,17 @@ def decode_crop(data: bytes, where: str) -> np.ndarray:
     return crop
 
 
-def read_crops(paths: list[str | None], face_ids: list[int], root: str | None, workers: int = 8) -> np.ndarray:
-    """Read and decode a batch of stored crops concurrently (S3 round trips overlap)."""
-    def one(item):
-        face, path = item
-        if not path:
-            raise ReembedError(f"face {face} has no stored crop, so it cannot be re-embedded")
-        try:
-            return decode_crop(read_crop(path, root), path)
-        except ReembedError:
-            raise
-        except Exception as error:  # noqa: BLE001 - storage errors of any backend
-            raise ReembedError(f"face {face}: crop {path} cannot be read: {error}") from None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return np.stack(list(pool.map(one, zip(face_ids, paths))))
+def read_crops(reader: CropReader, paths: list[str | None], face_ids: list[int]) -> np.ndarray:
+    """Read (concurrently: S3 round trips overlap) and decode a batch of stored crops."""
+    missing = [face for face, path in zip(face_ids, paths) if not path]
+    if missing:
+        raise ReembedError(f"faces {missing} have no stored crop, so they cannot be re-embedded")
+    crops = []
+    for face, path, blob in zip(face_ids, paths, reader.read_many(paths, errors="return")):
+        if isinstance(blob, Exception):
+            raise ReembedError(f"face {face}: crop {path} cannot be read: {blob}")
+        crops.append(decode_crop(blob, path))
+    return np.stack(crops)
 
 
 def reembed(store, target, settings, *, batch_size: int = 256, crops_root: str | None = None, progress: bool = True,
@@ -98,7 +93,7 @@ def reembed(store, target, settings, *, batch_size: int = 256, crops_root: str |
             return {"changed": True, "before": before.describe(), "model": store.model("active").describe(), "faces": 0,
                     "reason": "same weights: registry version and thresholds taken over, no vector changed"}
     store.begin_reembed(record)
-    root = crops_root if crops_root is not None else crops_root_for(store.url)
+    reader = CropReader(crops_root if crops_root is not None else crops_root_for(store.url))
     started = time.perf_counter()
     embedded = batches = 0
     embed_seconds = 0.0
@@ -107,7 +102,7 @@ def reembed(store, target, settings, *, batch_size: int = 256, crops_root: str |
     for _attempt in range(5):  # faces ingested meanwhile (with the old model) are caught by the next pass
         while batch := store.reembed_todo(target.version, batch_size):
             face_ids = [face for face, _ in batch]
-            crops = read_crops([path for _, path in batch], face_ids, root)
+            crops = read_crops(reader, [path for _, path in batch], face_ids)
             tick = time.perf_counter()
             vectors = target.embedder.embed(crops)
             embed_seconds += time.perf_counter() - tick

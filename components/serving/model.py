@@ -92,7 +92,8 @@ def resolve_champion(alias: str = "champion") -> ModelSource:
     import os
 
     try:
-        from components.track.registry import resolve, resolve_version
+        from components.engine.models import store_model_ref
+        from components.track.registry import resolve
     except ImportError:  # the tracking package is optional for a bare serving install
         from components.settings import load_settings
 
@@ -101,10 +102,7 @@ def resolve_champion(alias: str = "champion") -> ModelSource:
     store_url = os.environ.get("FACES_STORE_URL", "").strip()
     try:
         record = _store(store_url).model("active") if store_url else None
-        if record is not None:
-            ref = resolve_version(record.registry_version if record.source == "registry" else None)
-            return ModelSource(ref.version, Path(ref.path), ref.source, Thresholds.from_dict(record.thresholds))
-        ref = resolve(alias)
+        ref = store_model_ref(record) if record is not None else resolve(alias)
     except Exception as error:  # TrackingError, a database down, MLflow failing in its own ways
         raise ModelUnavailable(f"cannot resolve the model to serve ({alias!r}): {error}") from error
     return ModelSource(ref.version, Path(ref.path), ref.source, ref.thresholds)

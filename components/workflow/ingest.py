@@ -366,7 +366,7 @@ def embed(detections_uri: str, *, settings=None) -> str:
 # -- 6. assign ------------------------------------------------------------------------------
 
 
-def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, settings=None) -> dict:
+def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model) -> dict:
     """Store one shard's photos, faces (with embeddings) and crops; one transaction per photo.
 
     A shard embedded before a re-embed switched the store to a new model is embedded
@@ -385,7 +385,6 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, settings=No
     arrays = ws.read_npz(out["detections"])
     meta = json.loads(str(arrays["meta"]))
     vectors = embedded["embeddings"]
-    model = model_for(store, settings or _settings())
     if len(vectors) and out["model_version"] != model.version:
         vectors = model.embedder.embed(arrays["crops"][embedded["rows"]])
         out["model_version"] = model.version
@@ -444,7 +443,8 @@ def assign(embedding_uris: list[str], *, at: str | datetime | None = None, setti
     if not embedding_uris:
         raise WorkflowError("assign needs the embeddings of at least one shard")
     store = _store(workspace.store_url)
-    shards = [store_shard(uri, store, workspace, settings) for uri in sorted(embedding_uris)]
+    model = model_for(store, settings)  # the store's model, resolved once for every shard
+    shards = [store_shard(uri, store, workspace, model) for uri in sorted(embedding_uris)]
     batch_id = json.loads(str(ws.read_npz(sorted(embedding_uris)[0])["meta"]))["batch_id"]
     now = parse_at(at) or utc_now()
     started = time.perf_counter()
