@@ -20,7 +20,7 @@ help:
 	@echo "make lock   re-resolve requirements/lock.txt from requirements/stack.in"
 	@echo "make up     start Airflow, MLflow, BentoML and S3 on loopback (deploy/README.md); make down stops them"
 
-setup: $(STAMPS)/venv $(MODEL) $(STAMPS)/data
+setup: $(STAMPS)/venv $(MODEL) $(STAMPS)/data $(STAMPS)/browser
 
 $(STAMPS)/venv: requirements/lock.txt pyproject.toml
 	@mkdir -p $(STAMPS)
@@ -43,6 +43,14 @@ $(STAMPS)/data: data.dvc $(STAMPS)/venv
 		$(BIN)/dvc remote modify --local shared url "$(DVC_STORE)"; fi
 	@# Only the data: dvc.yaml's stage outputs are made by `dvc repro`, never pulled.
 	$(BIN)/dvc pull --quiet data.dvc
+	@touch $@
+
+# The people page's browser tests drive Debian's chromium through chromium-driver (Selenium).
+# apt-get runs only when one of them is missing, so a machine that has them is left alone.
+$(STAMPS)/browser:
+	@mkdir -p $(STAMPS)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
 	@touch $@
 
 demo: setup
