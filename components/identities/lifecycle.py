@@ -41,6 +41,15 @@ splits any cluster holding two faces of one photo (:func:`enforce_cannot_link`);
 assignment never puts a face into an identity that already holds a face of its
 photo: it takes the next best identity above the threshold, or goes to the pool.
 
+User corrections are constraints between faces (``face_links`` in the store, made by
+the people page and by ``faces identities merge|split``): a must-link puts two faces in
+one identity, a cannot-link keeps them apart. Assignment and pool re-clustering never
+put a face into an identity holding a face it is cannot-linked with, and a face
+must-linked with a member of an identity joins it; every clustering (pool and full)
+first joins must-linked clusters, then splits cannot-linked faces apart
+(:func:`apply_links`), so a merge or a "not this person" survives
+``faces run --full-recluster``.
+
 Identity ids are stable: a face keeps its identity until a user moves it or a full
 re-clustering runs; a pool re-clustering only adds faces to identities or creates
 new ones.
@@ -231,6 +240,7 @@ class Assignment:
 def assign_faces(
     embeddings, photo_ids, medoids, threshold: float, *, keys: Sequence[Hashable] | None = None,
     taken: Mapping[int, Sequence[Hashable] | set] | None = None, max_candidates: int = MAX_CANDIDATES, block: int = 4096,
+    forbidden: Mapping[int, set] | None = None,
 ) -> Assignment:
     """Assign faces to identities by similarity to their medoids, under cannot-link.
 
@@ -249,6 +259,8 @@ def assign_faces(
         taken: photo id -> keys of identities that already hold a face of that photo.
         max_candidates: identities considered per face (the most similar ones).
         block: faces compared at a time (bounds memory at block x K floats).
+        forbidden: face row -> keys of identities it may not join (a user's cannot-link
+            with one of their members).
 
     Returns:
         The :class:`Assignment`.
@@ -298,7 +310,7 @@ def assign_faces(
         if photo not in held:
             held[photo] = set(taken.get(photo, ()))
         identity = int(cand_identity[index])
-        if keys[identity] in held[photo]:
+        if keys[identity] in held[photo] or (forbidden and keys[identity] in forbidden.get(face, ())):
             continue
         choice[face] = identity
         similarity[face] = cand_sim[index]
@@ -398,6 +410,142 @@ def cluster_faces(embeddings, photo_ids, policy: Policy) -> np.ndarray:
     return relabel_by_size(labels).astype(np.int64)
 
 
+def apply_links(labels, face_ids, must, cannot, embeddings) -> np.ndarray:
+    """Make a clustering obey the user's face links.
+
+    First every two clusters holding must-linked faces become one; then every cluster
+    holding two cannot-linked faces (not joined by must-links) is split: the faces joined
+    by must-links form units, the units named in a cannot-link inside the cluster are
+    placed first, largest first, each into the first part holding none of its
+    cannot-partners; every other unit joins the part whose placed faces it is most
+    similar to. The largest part keeps the cluster's label, the others get new labels.
+    A cannot-link between faces of one must-linked unit is ignored (a later decision
+    joined them).
+
+    Args:
+        labels: (n,) cluster labels.
+        face_ids: (n,) face ids of the rows; links to faces not among them are ignored.
+        must, cannot: pairs of face ids.
+        embeddings: (n, D) embeddings.
+
+    Returns:
+        (n,) int64 labels.
+    """
+    labels = np.asarray(labels).astype(np.int64).copy()
+    n = len(labels)
+    row_of = {int(face): row for row, face in enumerate(np.asarray(face_ids).tolist())}
+    if n == 0 or not (must or cannot):
+        return labels
+    x = as_embeddings(embeddings)
+
+    # Units: rows joined by must-links (union-find over rows).
+    parent = list(range(n))
+
+    def root(row: int) -> int:
+        while parent[row] != row:
+            parent[row] = parent[parent[row]]
+            row = parent[row]
+        return row
+
+    for a, b in must:
+        if int(a) in row_of and int(b) in row_of:
+            parent[root(row_of[int(a)])] = root(row_of[int(b)])
+    units = np.array([root(row) for row in range(n)], np.int64)
+
+    # Must: a unit spread over several clusters joins them into one (the smallest label).
+    cluster_parent: dict[int, int] = {}
+
+    def cluster_root(label: int) -> int:
+        cluster_parent.setdefault(label, label)
+        while cluster_parent[label] != label:
+            cluster_parent[label] = cluster_parent[cluster_parent[label]]
+            label = cluster_parent[label]
+        return label
+
+    for unit in np.unique(units):
+        spread = np.unique(labels[units == unit])
+        for other in spread[1:]:
+            a, b = cluster_root(int(spread[0])), cluster_root(int(other))
+            if a != b:
+                cluster_parent[max(a, b)] = min(a, b)
+    if cluster_parent:
+        labels = np.array([cluster_root(int(label)) if int(label) in cluster_parent else int(label) for label in labels],
+                          np.int64)
+
+    # Cannot: split clusters holding two cannot-linked units.
+    conflicts: dict[int, set[tuple[int, int]]] = {}
+    for a, b in cannot:
+        if int(a) not in row_of or int(b) not in row_of:
+            continue
+        ra, rb = row_of[int(a)], row_of[int(b)]
+        ua, ub = int(units[ra]), int(units[rb])
+        if ua != ub and labels[ra] == labels[rb]:
+            conflicts.setdefault(int(labels[ra]), set()).add((min(ua, ub), max(ua, ub)))
+    next_label = int(labels.max()) + 1
+    for label, pairs in sorted(conflicts.items()):
+        members = np.flatnonzero(labels == label)
+        member_units = units[members]
+        centre = x[members].sum(axis=0)
+        unit_rows = {int(unit): members[member_units == unit] for unit in np.unique(member_units)}
+        partners: dict[int, set[int]] = {}
+        for ua, ub in pairs:
+            partners.setdefault(ua, set()).add(ub)
+            partners.setdefault(ub, set()).add(ua)
+        placed_order = sorted(partners, key=lambda unit: (-len(unit_rows[unit]), -float(x[unit_rows[unit]].sum(axis=0) @ centre), unit))
+        parts: list[list[int]] = []
+        for unit in placed_order:
+            for part in parts:
+                if not partners[unit] & set(part):
+                    part.append(unit)
+                    break
+            else:
+                parts.append([unit])
+        sums = np.stack([np.concatenate([x[unit_rows[unit]] for unit in part]).sum(axis=0) for part in parts])
+        part_rows = [list(np.concatenate([unit_rows[unit] for unit in part])) for part in parts]
+        for unit, rows in unit_rows.items():
+            if unit in partners:
+                continue
+            best = int(np.argmax(x[rows].sum(axis=0) @ sums.T))
+            part_rows[best] += list(rows)
+        keep = max(range(len(parts)), key=lambda index: (len(part_rows[index]), -index))
+        for index, rows in enumerate(part_rows):
+            if index != keep:
+                labels[np.asarray(rows, np.int64)] = next_label
+                next_label += 1
+    return labels
+
+
+def link_targets(face_ids, links, identity_of: Mapping[int, int]) -> tuple[dict[int, set], dict[int, int]]:
+    """Where the user's links send faces, given the faces' current identities.
+
+    Args:
+        face_ids: (n,) faces about to be placed.
+        links: the :class:`~components.identities.store.Links` touching them.
+        identity_of: face id -> identity id of assigned faces.
+
+    Returns:
+        (forbidden, required): row -> identity ids the face may not join (it is
+        cannot-linked with one of their members); row -> the identity a must-linked
+        partner belongs to (the first such partner's, by link order).
+    """
+    row_of = {int(face): row for row, face in enumerate(np.asarray(face_ids).tolist())}
+    forbidden: dict[int, set] = {}
+    required: dict[int, int] = {}
+    for pairs, kind in ((links.cannot, "cannot"), (links.must, "must")):
+        for a, b in pairs:
+            for face, partner in ((int(a), int(b)), (int(b), int(a))):
+                if face not in row_of or partner not in identity_of:
+                    continue
+                if kind == "cannot":
+                    forbidden.setdefault(row_of[face], set()).add(int(identity_of[partner]))
+                else:
+                    required.setdefault(row_of[face], int(identity_of[partner]))
+    for row, identity in list(required.items()):
+        if identity in forbidden.get(row, ()):
+            del required[row]  # contradictory links: keep the face out rather than guess
+    return forbidden, required
+
+
 def recluster_due(now_s: float, last_s: float | None, fresh: int, every_s: float, pool_size: int) -> bool:
     """Whether the pool must be re-clustered now.
 
@@ -447,7 +595,8 @@ class PoolPlan:
 
 
 def plan_pool(embeddings, photo_ids, medoids, policy: Policy, *, keys: Sequence[Hashable] | None = None,
-              taken: Mapping[int, Sequence[Hashable] | set] | None = None) -> PoolPlan:
+              taken: Mapping[int, Sequence[Hashable] | set] | None = None, face_ids=None, links=None,
+              forbidden: Mapping[int, set] | None = None) -> PoolPlan:
     """Re-cluster the pool and reconcile its clusters with the existing identities.
 
     Clusters of at least ``policy.min_identity_size`` faces are matched, most similar
@@ -464,6 +613,10 @@ def plan_pool(embeddings, photo_ids, medoids, policy: Policy, *, keys: Sequence[
         policy: thresholds and clustering parameters.
         keys: (K,) identity keys used in ``taken``; default 0..K-1.
         taken: photo id -> keys of identities already holding a face of that photo.
+        face_ids: (n,) the pool faces' ids, needed with ``links``.
+        links: the user's face links (:class:`~components.identities.store.Links`), applied
+            to the pool's clusters (:func:`apply_links`).
+        forbidden: pool row -> keys of identities it may not join (cannot-links).
 
     Returns:
         The :class:`PoolPlan`.
@@ -487,6 +640,9 @@ def plan_pool(embeddings, photo_ids, medoids, policy: Policy, *, keys: Sequence[
         photo.item(): {index_of[key] for key in taken.get(photo.item(), ()) if key in index_of} for photo in np.unique(photos)
     }
     labels = cluster_faces(x, photos, policy)
+    if links and face_ids is not None and n:
+        labels = relabel_by_size(apply_links(labels, face_ids, links.must, links.cannot, x)).astype(np.int64)
+    forbidden = forbidden or {}
     joins = np.full(n, -1, np.int64)
     new_group = np.full(n, -1, np.int64)
     similarity = np.full(n, np.nan, np.float32)
@@ -510,7 +666,8 @@ def plan_pool(embeddings, photo_ids, medoids, policy: Policy, *, keys: Sequence[
             if label in joined:
                 continue
             members = members_of[label]
-            free = [row for row in members if identity not in held[photos[row].item()]]
+            free = [row for row in members if identity not in held[photos[row].item()]
+                    and keys[identity] not in forbidden.get(int(row), ())]
             if not free:
                 continue
             joined.add(label)
@@ -538,7 +695,9 @@ def plan_pool(embeddings, photo_ids, medoids, policy: Policy, *, keys: Sequence[
     if len(left) and (k or new_medoids):
         candidates = np.concatenate([m, x[new_medoids]]) if new_medoids else m
         result = assign_faces(x[left], photos[left], candidates, policy.assign_threshold,
-                              taken={photo: ids for photo, ids in held.items()})
+                              taken={photo: ids for photo, ids in held.items()},
+                              forbidden={number: {index_of[key] for key in forbidden[int(row)] if key in index_of}
+                                         for number, row in enumerate(left) if int(row) in forbidden})
         for row, choice, sim in zip(left, result.choice, result.similarity):
             if choice < 0:
                 continue
@@ -684,6 +843,41 @@ def refresh_identities(session, identity_ids, policy: Policy, *, at: datetime, a
     return sizes
 
 
+def _place_linked(session, face_ids: np.ndarray, photo_ids: np.ndarray) -> tuple[np.ndarray, dict[int, set], set[int]]:
+    """Place faces the user must-linked with a member of an identity, in the caller's transaction.
+
+    Returns:
+        (placed, forbidden, grown): a mask of the faces placed (assigned, out of the pool);
+        row -> identity ids each face may not join (cannot-links), for the assignment of
+        the rest; the identities that received faces.
+    """
+    from sqlalchemy import delete
+
+    from components.identities import store as db
+
+    placed = np.zeros(len(face_ids), bool)
+    links = db.links_in(session, face_ids.tolist()) if len(face_ids) else db.Links()
+    if not links:
+        return placed, {}, set()
+    partners = {face for pair in [*links.must, *links.cannot] for face in pair}
+    forbidden, required = link_targets(face_ids, links, db.owners_in(session, partners))
+    if not required:
+        return placed, forbidden, set()
+    held = db.photo_identities(session, photo_ids[sorted(required)])
+    for row, identity in sorted(required.items()):
+        photo = int(photo_ids[row])
+        if identity in held.get(photo, set()):
+            continue  # a photo shows a person once: the cannot-link of photos wins
+        held.setdefault(photo, set()).add(identity)
+        placed[row] = True
+        session.add(db.AssignmentRow(face_id=int(face_ids[row]), identity_id=identity, similarity=0.0, method="manual"))
+    chosen = [int(face) for face in face_ids[placed]]
+    if chosen:
+        session.execute(delete(db.PoolFaceRow).where(db.PoolFaceRow.face_id.in_(chosen)))
+    session.flush()
+    return placed, forbidden, {identity for row, identity in required.items() if placed[row]}
+
+
 def assign_new(store, policy: Policy, *, now: datetime) -> dict:
     """Step 1: assign every face the life cycle has not seen yet, or put it in the pool.
 
@@ -696,19 +890,26 @@ def assign_new(store, policy: Policy, *, now: datetime) -> dict:
         new = db.unseen_faces(session)
         if not len(new.face_ids):
             return {"faces": 0, "assigned": 0, "pooled": 0, "identities_grown": 0}
+        # The user's links first: a face must-linked with a member joins that identity.
+        linked, forbidden, linked_into = _place_linked(session, new.face_ids, new.photo_ids)
+        rest = np.flatnonzero(~linked)
         ids, medoids = db.identity_medoids(session)
-        taken = db.photo_identities(session, new.photo_ids) if len(ids) else {}
-        result = assign_faces(new.embeddings, new.photo_ids, medoids, policy.assign_threshold, keys=ids.tolist(), taken=taken)
+        taken = db.photo_identities(session, new.photo_ids[rest]) if len(ids) else {}
+        result = assign_faces(new.embeddings[rest], new.photo_ids[rest], medoids, policy.assign_threshold,
+                              keys=ids.tolist(), taken=taken,
+                              forbidden={number: forbidden[int(row)] for number, row in enumerate(rest) if int(row) in forbidden})
         session.add_all(
             db.AssignmentRow(face_id=int(face), identity_id=int(ids[choice]), similarity=float(sim), method="assign")
-            for face, choice, sim in zip(new.face_ids, result.choice, result.similarity) if choice >= 0
+            for face, choice, sim in zip(new.face_ids[rest], result.choice, result.similarity) if choice >= 0
         )
-        session.add_all(db.PoolFaceRow(face_id=int(face), reclustered=False) for face in new.face_ids[result.pooled])
+        session.add_all(db.PoolFaceRow(face_id=int(face), reclustered=False) for face in new.face_ids[rest][result.pooled])
         session.flush()
-        grown = sorted({int(ids[choice]) for choice in result.choice if choice >= 0})
+        grown = sorted({int(ids[choice]) for choice in result.choice if choice >= 0} | linked_into)
         refresh_identities(session, grown, policy, at=now)
-        report = {"faces": len(new.face_ids), "assigned": int((~result.pooled).sum()), "pooled": int(result.pooled.sum()),
-                  "identities_grown": len(grown)}
+        report = {"faces": len(new.face_ids), "assigned": int((~result.pooled).sum()) + int(linked.sum()),
+                  "pooled": int(result.pooled.sum()), "identities_grown": len(grown)}
+        if linked.any():
+            report["placed_by_links"] = int(linked.sum())
         session.add(db.LifecycleRunRow(kind="assign", at=now, details=report))
         return report
 
@@ -732,15 +933,27 @@ def recluster_pool(store, policy: Policy, *, now: datetime, force: bool = False)
         report: dict = {"due": bool(due and len(pool.face_ids)), "pool": len(pool.face_ids), "fresh": fresh}
         if not report["due"]:
             return report
+        # The user's links: must-linked faces join their partner's identity first; the
+        # rest are clustered under the links, kept out of identities they are cannot-linked with.
+        linked, forbidden, linked_into = _place_linked(session, pool.face_ids, pool.photo_ids)
+        if linked.any():
+            refresh_identities(session, linked_into, policy, at=now)
+            rest = np.flatnonzero(~linked)
+            forbidden = {number: forbidden[int(row)] for number, row in enumerate(rest) if int(row) in forbidden}
+            pool = db.FaceMatrix(pool.face_ids[rest], pool.embeddings[rest], [pool.labels[row] for row in rest],
+                                 pool.photo_ids[rest], pool.model_version)
         ids, medoids = db.identity_medoids(session)
         taken = db.photo_identities(session, pool.photo_ids) if len(ids) else {}
-        plan = plan_pool(pool.embeddings, pool.photo_ids, medoids, policy, keys=ids.tolist(), taken=taken)
+        plan = plan_pool(pool.embeddings, pool.photo_ids, medoids, policy, keys=ids.tolist(), taken=taken,
+                         face_ids=pool.face_ids, links=db.links_in(session, pool.face_ids.tolist()), forbidden=forbidden)
         _apply_pool_plan(session, pool.face_ids, ids, plan, policy, now)
         report.update(
             clusters=int(len(np.unique(plan.labels))), joined_faces=int(((plan.joins >= 0) & (plan.method == "pool")).sum()),
             new_identities=len(plan.new_medoids), assigned=int((plan.method == "assign").sum()),
             left_in_pool=int(plan.stays.sum()),
         )
+        if linked.any():
+            report["placed_by_links"] = int(linked.sum())
         session.add(db.LifecycleRunRow(kind="pool", at=now, details=report))
         return report
 
@@ -800,6 +1013,11 @@ def full_recluster(store, policy: Policy, *, now: datetime) -> dict:
             return {"faces": 0}
         x = as_embeddings(faces.embeddings)
         labels = cluster_faces(x, faces.photo_ids, policy)
+        # The user's corrections outlive the clustering: must-linked clusters are joined,
+        # cannot-linked faces split apart, before identities are matched by overlap.
+        links = db.links_in(session)
+        if links:
+            labels = apply_links(labels, faces.face_ids, links.must, links.cannot, x)
         centres = {}
         for label in np.unique(labels):
             members = np.flatnonzero(labels == label)
@@ -810,12 +1028,19 @@ def full_recluster(store, policy: Policy, *, now: datetime) -> dict:
         session.flush()
         # Small clusters: one more chance, face by face, against the identities just made.
         left = np.flatnonzero(~np.isin(labels, list(identity_of)))
+        linked, forbidden, linked_into = _place_linked(session, faces.face_ids[left], faces.photo_ids[left])
+        if linked.any():
+            refresh_identities(session, linked_into, policy, at=now)
+            forbidden = {number: forbidden[int(row)] for number, row in enumerate(np.flatnonzero(~linked))
+                         if int(row) in forbidden}
+            left = left[~linked]
         ids, medoids = db.identity_medoids(session)
-        assigned = 0
+        assigned = int(linked.sum())
         if len(left) and len(ids):
             taken = db.photo_identities(session, faces.photo_ids[left])
             result = assign_faces(
-                x[left], faces.photo_ids[left], medoids, policy.assign_threshold, keys=ids.tolist(), taken=taken
+                x[left], faces.photo_ids[left], medoids, policy.assign_threshold, keys=ids.tolist(), taken=taken,
+                forbidden=forbidden,
             )
             chosen = result.choice >= 0
             placed = [int(face) for face in faces.face_ids[left][chosen]]
@@ -827,7 +1052,7 @@ def full_recluster(store, policy: Policy, *, now: datetime) -> dict:
                 )
                 session.flush()
                 refresh_identities(session, {int(ids[choice]) for choice in result.choice[chosen]}, policy, at=now)
-            assigned = len(placed)
+            assigned += len(placed)
         report = {"faces": len(faces.face_ids), "clusters": int(len(np.unique(labels))), "identities": len(identity_of),
                   "assigned": assigned, "left_in_pool": int(len(left) - assigned)}
         session.add(db.LifecycleRunRow(kind="full", at=now, details=report))

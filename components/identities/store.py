@@ -25,6 +25,14 @@ Tables:
   re-embed, the model it is moving to (``target``), each with its thresholds.
 * ``staged_embeddings``: embeddings computed by a re-embed for the target model, kept
   apart until the switch moves them into ``faces`` in one transaction.
+* ``face_links``: the user's corrections as permanent constraints between two faces:
+  ``must`` (one person) or ``cannot`` (never one person). They name faces, not identity
+  ids, so they survive re-clustering and re-embedding; every step of the life cycle
+  honours them (components/identities/lifecycle.py), and :meth:`IdentityStore.constraints`
+  exports them as labels for retraining.
+* ``hidden_identities``: identities the user hid from the people page.
+* ``corrections``: one row per correction made on the people page, with what it changed
+  (to undo it) and whether it was undone.
 
 Every face's embedding names the model version that made it, and the store holds one
 version at a time: comparisons across versions are refused (:class:`ModelMismatchError`).
@@ -39,7 +47,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -204,6 +212,60 @@ class StagedEmbeddingRow(Base):
     face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
     model_version: Mapped[str] = mapped_column(String(128))
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class FaceLinkRow(Base):
+    """A correction as a constraint between two faces (``face_a < face_b``).
+
+    ``must``: the two faces are one person (a merge, a move, an accepted suggestion);
+    ``cannot``: they are never one person ("not this person", a move away, a rejected
+    suggestion). A pair holds one kind at a time: the latest decision replaces the other.
+    Deleting a face deletes its links.
+    """
+
+    __tablename__ = "face_links"
+    __table_args__ = (UniqueConstraint("face_a", "face_b"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # must | cannot
+    face_a: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), index=True)
+    face_b: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(128))
+
+
+class HiddenIdentityRow(Base):
+    """An identity the user hid from the people page (it is still assigned faces)."""
+
+    __tablename__ = "hidden_identities"
+
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CorrectionRow(Base):
+    """One correction made on the people page: what it changed, so it can be undone.
+
+    ``before`` and ``after`` hold the state of what it touched (each face's identity or
+    None for the pool, names, hidden flags, identities created or removed); ``links`` the
+    face links it added and removed. Undo restores ``before`` when the faces are still
+    where ``after`` says.
+    """
+
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(32))
+    summary: Mapped[str] = mapped_column(String(1024))
+    before: Mapped[dict] = mapped_column(JSON, default=dict)
+    after: Mapped[dict] = mapped_column(JSON, default=dict)
+    links: Mapped[dict] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(128))
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+LINK_KINDS = ("must", "cannot")
 
 
 class RejectedFileRow(Base):
@@ -406,6 +468,92 @@ def last_recluster_at(session: Session) -> datetime | None:
 def add_event(session: Session, identity_id: int, action: str, details: dict, at: datetime, actor: str) -> None:
     """Append one audit event (inside the caller's transaction, so it commits with the change)."""
     session.add(IdentityEventRow(identity_id=int(identity_id), action=action, details=details, at=at, actor=actor))
+
+
+# -- the user's corrections as constraints (face links) ----------------------------------------
+
+
+@dataclass
+class Links:
+    """Face links as pairs of face ids: ``must`` (one person) and ``cannot`` (never one)."""
+
+    must: list[tuple[int, int]] = field(default_factory=list)
+    cannot: list[tuple[int, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.must or self.cannot)
+
+
+def links_in(session: Session, face_ids: Sequence[int] | None = None) -> Links:
+    """Every face link, or only those touching one of ``face_ids``."""
+    query = select(FaceLinkRow.kind, FaceLinkRow.face_a, FaceLinkRow.face_b).order_by(FaceLinkRow.id)
+    rows = []
+    if face_ids is None:
+        rows = session.execute(query).all()
+    else:
+        wanted = sorted({int(face) for face in face_ids})
+        seen = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for row in session.execute(query.where((FaceLinkRow.face_a.in_(chunk)) | (FaceLinkRow.face_b.in_(chunk)))):
+                if (row.face_a, row.face_b) not in seen:
+                    seen.add((row.face_a, row.face_b))
+                    rows.append(row)
+    links = Links()
+    for kind, a, b in rows:
+        (links.must if kind == "must" else links.cannot).append((int(a), int(b)))
+    return links
+
+
+def set_links_in(session: Session, kind: str, pairs, at: datetime, actor: str) -> list[list]:
+    """Record face links of one kind; a pair linked the other way is turned over (latest decision wins).
+
+    Returns:
+        ``[kind, a, b, previous kind or None]`` for each pair that changed (for undo).
+    """
+    if kind not in LINK_KINDS:
+        raise ValueError(f"a face link is one of {LINK_KINDS}; got {kind!r}")
+    changed = []
+    for a, b in {tuple(sorted((int(a), int(b)))) for a, b in pairs if int(a) != int(b)}:
+        row = session.scalar(select(FaceLinkRow).where(FaceLinkRow.face_a == a, FaceLinkRow.face_b == b))
+        if row is None:
+            session.add(FaceLinkRow(kind=kind, face_a=a, face_b=b, at=at, actor=actor))
+            changed.append([kind, a, b, None])
+        elif row.kind != kind:
+            changed.append([kind, a, b, row.kind])
+            row.kind, row.at, row.actor = kind, at, actor
+    session.flush()
+    return sorted(changed)
+
+
+def drop_links_in(session: Session, face_ids: Sequence[int], kind: str | None = None) -> list[list]:
+    """Remove the links of one kind (or all) touching ``face_ids``; returns ``[kind, a, b]`` of each removed."""
+    wanted = sorted({int(face) for face in face_ids})
+    removed = []
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        query = select(FaceLinkRow).where((FaceLinkRow.face_a.in_(chunk)) | (FaceLinkRow.face_b.in_(chunk)))
+        if kind is not None:
+            query = query.where(FaceLinkRow.kind == kind)
+        for row in session.scalars(query):
+            removed.append([row.kind, int(row.face_a), int(row.face_b)])
+            session.delete(row)
+    session.flush()
+    return sorted(removed)
+
+
+def owners_in(session: Session, face_ids) -> dict[int, int]:
+    """face id -> identity id, for those of ``face_ids`` that are assigned."""
+    wanted = sorted({int(face) for face in face_ids})
+    owners: dict[int, int] = {}
+    for start in range(0, len(wanted), 500):
+        owners.update((int(face), int(identity)) for face, identity in session.execute(
+            select(AssignmentRow.face_id, AssignmentRow.identity_id).where(AssignmentRow.face_id.in_(wanted[start : start + 500]))))
+    return owners
+
+def hidden_identity_ids(session: Session) -> set[int]:
+    """Identities hidden from the people page."""
+    return set(session.scalars(select(HiddenIdentityRow.identity_id)))
 
 
 def replace_clustering_in(
@@ -777,6 +925,42 @@ class IdentityStore:
         with self.session() as session:
             rows = session.scalars(select(LifecycleRunRow).order_by(LifecycleRunRow.id)).all()
         return [{"id": row.id, "kind": row.kind, "at": as_utc(row.at).isoformat(), "details": row.details} for row in rows]
+
+
+    # -- corrections as constraints --------------------------------------------------------------
+
+    def links(self) -> Links:
+        """Every face link (the user's must-link and cannot-link corrections)."""
+        with self.session() as session:
+            return links_in(session)
+
+    def constraints(self) -> dict:
+        """The user's corrections as labels for retraining.
+
+        Returns:
+            ``must_link`` and ``cannot_link``: lists of ``[face_a, face_b]``;
+            ``groups``: face id -> group id, one group per set of faces joined by
+            must-links (the faces a user confirmed as one person); ``model_version``:
+            the store's active model (whose embeddings these faces have).
+        """
+        links = self.links()
+        parent: dict[int, int] = {}
+
+        def root(face: int) -> int:
+            parent.setdefault(face, face)
+            while parent[face] != face:
+                parent[face] = parent[parent[face]]
+                face = parent[face]
+            return face
+
+        for a, b in links.must:
+            parent[root(a)] = root(b)
+        roots = sorted({root(face) for face in list(parent)})
+        group_of = {face_root: number for number, face_root in enumerate(roots)}
+        active = self.model("active")
+        return {"must_link": [list(pair) for pair in links.must], "cannot_link": [list(pair) for pair in links.cannot],
+                "groups": {face: group_of[root(face)] for face in sorted(parent)},
+                "model_version": active.version if active else None}
 
     def counts(self) -> dict[str, int]:
         """Row counts, for reports and for tests of idempotency."""
