@@ -261,6 +261,48 @@ class RetrainParams:
 
 
 @dataclass(frozen=True)
+class UiParams:
+    """The people page (components/ui, ``faces ui``): review and correct identities in a browser.
+
+    Secrets come from the environment, never from here: ``FACES_API_KEY`` (the serving
+    key) and ``FACES_UI_PASSWORD`` are the two ways to sign in; ``FACES_UI_SECRET`` signs
+    the session cookies (a random one per start when unset: sessions end with the server).
+
+    Attributes:
+        host, port: where ``faces ui`` listens (loopback by default).
+        people_per_page: people on one screen of the people page.
+        faces_per_page: faces on one screen of a person page.
+        clusters_per_page: unknown-pool clusters on one screen of the unknown-faces page.
+        faces_per_cluster: faces shown per unknown cluster.
+        suggestions: nearest people suggested for each unknown cluster.
+        thumbnail_px: side of the face thumbnails (from the stored crops).
+        thumbnail_cache: thumbnails kept in memory (least recently used go first).
+        photo_max_side: photos are shown at most this large (longer side, px).
+        session_max_age_s: a session ends after this many seconds.
+        secure_cookie: send the session cookie over HTTPS only (behind a TLS proxy).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8600
+    people_per_page: int = 60
+    faces_per_page: int = 60
+    clusters_per_page: int = 20
+    faces_per_cluster: int = 8
+    suggestions: int = 3
+    thumbnail_px: int = 112
+    thumbnail_cache: int = 20000
+    photo_max_side: int = 1024
+    session_max_age_s: int = 43200
+    secure_cookie: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("port", "people_per_page", "faces_per_page", "clusters_per_page", "faces_per_cluster",
+                     "suggestions", "thumbnail_px", "thumbnail_cache", "photo_max_side", "session_max_age_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"params.yaml ui.{name}: must be at least 1; got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class Settings:
     base: BaseParams = field(default_factory=BaseParams)
     detect: DetectParams = field(default_factory=DetectParams)
@@ -274,6 +316,7 @@ class Settings:
     retrain: RetrainParams = field(default_factory=RetrainParams)
     storage: StorageParams = field(default_factory=StorageParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
+    ui: UiParams = field(default_factory=UiParams)
 
     @property
     def model_path(self) -> Path:
@@ -314,7 +357,7 @@ def _section(cls: type, raw: dict[str, Any] | None, root: Path) -> Any:
 _SECTIONS = {"base": BaseParams, "detect": DetectParams, "embed": EmbedParams,
              "cluster": ClusterParams, "verify": VerifyParams, "identities": IdentitiesParams, "run": RunParams,
              "workflow": WorkflowParams, "serve": ServeParams, "retrain": RetrainParams,
-             "storage": StorageParams, "validate": ValidateParams}
+             "storage": StorageParams, "validate": ValidateParams, "ui": UiParams}
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
