@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"train"},  # networks, losses, the training loop, self-labelled retraining
     {"workflow"},  # the steps the Airflow DAGs and dvc.yaml call
     {"pipeline", "serving"},  # `faces run`, the main job; the BentoML service's cores
+    {"ui"},  # the people page: review and correct identities in a browser (uses the store and the life cycle)
     {"bench"},  # benchmarks: may run anything below
     {"cli"},  # the `faces` command: top
 ]
