@@ -156,6 +156,12 @@ def cmd_bench_synthetic_gradients(args, settings) -> int:
     return 0
 
 
+def cmd_bench_ui(args, settings) -> int:
+    from components.bench.ui import main as bench_ui_main
+
+    return bench_ui_main(args, settings)
+
+
 def cmd_identities(args, settings) -> int:
     from components.identities.cli import main as identities_main
 
@@ -234,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench_synthetic_gradients)
 
+    p = bench_sub.add_parser("ui", help="the people page on a store of LFW's size (5,000 people, 13k faces): "
+                             "server time of each screen")
+    p.add_argument("--out", default="bench/results/ui.json")
+    p.add_argument("--people", type=int, default=5000, help="people in the generated store")
+    p.add_argument("--faces", type=int, default=13000, help="faces in the generated store")
+    p.add_argument("--repeats", type=int, default=20, help="requests timed per screen; the median and p95 are reported")
+    p.add_argument("--store", help="folder for the generated store (default: a temporary folder, removed afterwards)")
+    p.set_defaults(func=cmd_bench_ui)
+
     from components.storage.cli import add_parsers as add_storage_parsers  # upload
     from components.validate.cli import add_parsers as add_validate_parsers  # validate
 
@@ -271,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("identity", type=int)
     q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_identities)
+
+    from components.ui.server import add_parsers as add_ui_parsers  # ui: the people page
+
+    add_ui_parsers(sub)
     return parser
 
 
