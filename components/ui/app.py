@@ -93,12 +93,12 @@ def _safe_back(value: str | None, default: str = "/") -> str:
     return value
 
 
-def open_store(url: str) -> db.IdentityStore:
-    """The store at ``url``; a SQLite file that does not exist is an error, not a new empty store."""
+def open_store(url: str, *, create: bool = False) -> db.IdentityStore:
+    """The store at ``url``; a SQLite file that does not exist is an error (a typo), unless ``create``."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" and not create:
         if not Path(parsed.database).is_file():
             raise IdentityError(f"no identity store at {parsed.database}; run `faces run` first or pass --db")
     return db.IdentityStore(url)

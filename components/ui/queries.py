@@ -178,7 +178,8 @@ class UnknownClusters:
         partners = {face for pair in [*links.must, *links.cannot] for face in pair}
         forbidden, _ = link_targets(pool.face_ids, links, db.owners_in(session, partners)) if links else ({}, {})
         ids, medoids = db.identity_medoids(session)
-        names = dict(session.execute(select(db.IdentityRow.id, db.IdentityRow.name)).all())
+        people = {row.id: row for row in session.execute(select(db.IdentityRow.id, db.IdentityRow.name,
+                                                                 db.IdentityRow.medoid_face_id))}
         hidden = db.hidden_identity_ids(session)
         clusters = []
         for label in np.unique(labels):
@@ -193,7 +194,8 @@ class UnknownClusters:
                     identity = int(ids[column])
                     if identity in blocked:
                         continue
-                    suggestions.append({"id": identity, "name": names.get(identity), "similarity": float(sims[column])})
+                    suggestions.append({"id": identity, "name": people[identity].name, "similarity": float(sims[column]),
+                                        "medoid_face_id": people[identity].medoid_face_id})
                     if len(suggestions) == self.suggestions:
                         break
             faces = pool.face_ids[rows][np.argsort(-(x[rows] @ centre), kind="stable")]

@@ -21,6 +21,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--db", help="SQLAlchemy URL of the identity store (default: sqlite in run.out_dir)")
     p.add_argument("--host", help="address to listen on (default: ui.host in params.yaml, loopback)")
     p.add_argument("--port", type=int, help="port (default: ui.port in params.yaml)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="start on an empty store when none exists yet (the stack, before the first ingest)")
     p.set_defaults(func=main)
 
 
@@ -44,7 +46,7 @@ def main(args, settings) -> int:
     host = args.host or settings.ui.host
     port = args.port or settings.ui.port
     try:
-        store = open_store(url)
+        store = open_store(url, create=args.allow_empty)
         root = crops_root(url, settings)
         app = create_app(store, settings, crops_root=root)
     except (IdentityError, ConfigurationError) as error:

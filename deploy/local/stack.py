@@ -6,6 +6,7 @@ set explicitly (environment variables below):
 - SeaweedFS (``weed server ... -s3``): an S3 server storing on disk; the bucket is created.
 - MLflow tracking + registry (``mlflow/start.sh``): SQLite + local artifacts.
 - The BentoML service (``bentoml serve serving.service:FaceAPI``).
+- The people page (``faces ui``) over the DAGs' identity store; sign in with ``FACES_API_KEY``.
 - Airflow 3: ``api-server``, ``scheduler`` and ``dag-processor`` with the LocalExecutor,
   SQLite, low parallelism, ``dags_folder`` = the repository's ``dags/``, simple auth manager.
 
@@ -21,7 +22,7 @@ Environment (all optional):
     STACK_DIR: the run dir (default ``<repo>/.stack``); data (SQLite databases,
         artifacts, S3 volumes) stays there between ``down`` and ``up``.
     STACK_AIRFLOW_PORT (8080), STACK_MLFLOW_PORT (5000), STACK_SERVING_PORT (3000),
-    STACK_S3_PORT (8333): the ports users see.
+    STACK_UI_PORT (8600), STACK_S3_PORT (8333): the ports users see.
     STACK_WEED_MASTER_PORT (9333), STACK_WEED_VOLUME_PORT (8081),
     STACK_WEED_FILER_PORT (8888) and their gRPC ports STACK_WEED_MASTER_GRPC_PORT
     (19333), STACK_WEED_VOLUME_GRPC_PORT (18081), STACK_WEED_FILER_GRPC_PORT (18888),
@@ -61,6 +62,7 @@ PORTS: dict[str, tuple[str, int]] = {
     "airflow": ("STACK_AIRFLOW_PORT", 8080),
     "mlflow": ("STACK_MLFLOW_PORT", 5000),
     "serving": ("STACK_SERVING_PORT", 3000),
+    "ui": ("STACK_UI_PORT", 8600),
     "s3": ("STACK_S3_PORT", 8333),
     "s3_grpc": ("STACK_S3_GRPC_PORT", 18333),
     "weed_master": ("STACK_WEED_MASTER_PORT", 9333),
@@ -382,6 +384,10 @@ def services(config: StackConfig, keys: Mapping[str, str]) -> list[Service]:
                 http_ok(f"{config.url('serving')}/readyz"),
                 env={"BENTOML_HOME": str(data / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"},
                 needs=REPO / "serving" / "service.py"),
+        # The people page over the DAGs' identity store; sign in with the stack's FACES_API_KEY.
+        Service("people-page", [str(b / "faces"), "ui", "--db", config.identity_store_url, "--host", LOOPBACK,
+                                "--port", str(p["ui"]), "--allow-empty"], ("ui",),
+                http_ok(f"{config.url('ui')}/healthz")),
         Service("airflow-api-server", [airflow, "api-server", "--host", LOOPBACK, "--port", str(p["airflow"]),
                                        "--workers", "1"], ("airflow",),
                 airflow_component_ok(config, "api_server")),
@@ -652,6 +658,7 @@ def _print_urls(config: StackConfig, stack: list[Service], skipped: Mapping[str,
          f"user admin, password in {config.password_file}"),
         ("MLflow", config.url("mlflow"), f"store in {config.run_dir / 'mlflow'}"),
         ("BentoML", config.url("serving"), "header X-API-Key: $FACES_API_KEY"),
+        ("People page", config.url("ui"), "sign in with $FACES_API_KEY"),
         ("S3 (SeaweedFS)", config.url("s3"), f"bucket {config.bucket}; keys in {config.env_file}"),
     ]
     for label, url, note in rows:
