@@ -500,7 +500,8 @@ def apply_links(labels, face_ids, must, cannot, embeddings) -> np.ndarray:
                     break
             else:
                 parts.append([unit])
-        sums = np.stack([np.concatenate([x[unit_rows[unit]] for unit in part]).sum(axis=0) for part in parts])
+        # Each part's direction (the mean of its placed faces, not their sum: a big part must not win by size).
+        sums = np.stack([np.concatenate([x[unit_rows[unit]] for unit in part]).mean(axis=0) for part in parts])
         part_rows = [list(np.concatenate([unit_rows[unit] for unit in part])) for part in parts]
         for unit, rows in unit_rows.items():
             if unit in partners:

@@ -958,9 +958,10 @@ class IdentityStore:
         roots = sorted({root(face) for face in list(parent)})
         group_of = {face_root: number for number, face_root in enumerate(roots)}
         active = self.model("active")
+        embedded = self.embedded_versions()  # a store that never recorded its model: the one its vectors name
+        version = active.version if active else (next(iter(embedded)) if len(embedded) == 1 else None)
         return {"must_link": [list(pair) for pair in links.must], "cannot_link": [list(pair) for pair in links.cannot],
-                "groups": {face: group_of[root(face)] for face in sorted(parent)},
-                "model_version": active.version if active else None}
+                "groups": {face: group_of[root(face)] for face in sorted(parent)}, "model_version": version}
 
     def counts(self) -> dict[str, int]:
         """Row counts, for reports and for tests of idempotency."""

@@ -12,10 +12,14 @@ Links name faces, never identity ids, so the decisions survive re-clustering:
 * merge A into B: each face of A is must-linked with B's medoid; cannot-links between
   their faces are dropped (the user just said they are one person);
 * move faces from A to B: must-links to A's faces are dropped, each face is cannot-linked
-  with A's medoid and must-linked with B's; to a new person, the faces are must-linked
-  together; back to unknown (and "not this person"), only the cannot-link to A;
+  with every face A keeps and must-linked with B's medoid; to a new person, the faces are
+  must-linked together; back to unknown (and "not this person"), only the cannot-links to A;
 * accept a suggestion for pool faces: must-linked with the person's medoid; reject it:
-  cannot-linked with it; "these are one new person": must-linked together.
+  cannot-linked with each of its faces; "these are one new person": must-linked together.
+
+Cannot-links go to every face of the person, not only to its medoid: a re-clustering
+splits a cluster around the faces named in cannot-links, and a person's face without a
+link could otherwise follow the rejected face.
 
 Undo takes the latest correction not yet undone, and only when the faces it moved are
 still where it put them (a re-clustering or a later correction may have moved them:
@@ -329,9 +333,9 @@ def move(store, face_ids: Iterable, source, to, *, name: str | None = None, acto
             record.event(target.id, "joined", {"faces": len(faces), "from": origin.id, "by": action})
         refresh_identities(session, [origin.id, *([target.id] if target else [])], policy, at=now, actor=actor)
         session.flush()
-        remaining = session.get(db.IdentityRow, origin.id)
-        if remaining is not None:
-            record.set_links("cannot", [(face, remaining.medoid_face_id) for face in faces])
+        # Not this person: cannot-linked with every face it keeps, not only its medoid, so that
+        # however a re-clustering groups that person's faces, none of them takes these along.
+        record.set_links("cannot", [(face, member) for face in faces for member in _members(session, origin.id)])
         destination = "the unknown faces" if target is None else f"#{target.id}"
         record.event(origin.id, "faces_moved", {"faces": faces, "to": None if target is None else target.id, "by": action})
         correction = record.finish(f"{'not this person' if action == 'not_this_person' else 'moved'}: "
@@ -387,7 +391,7 @@ def reject(store, face_ids: Iterable, person, *, actor: str, clock: Clock = utc_
         record = _Recorder(session, "reject", now, actor)
         record.before(faces, [target.id])
         record.drop_links(faces, _members(session, target.id), "must")
-        record.set_links("cannot", [(face, target.medoid_face_id) for face in faces])
+        record.set_links("cannot", [(face, member) for face in faces for member in _members(session, target.id)])
         record.event(target.id, "rejected", {"faces": faces})
         correction = record.finish(f"{len(faces)} unknown face(s) are not #{target.id}")
         return {"id": target.id, "faces": len(faces), "correction": correction}

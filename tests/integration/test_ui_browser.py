@@ -42,6 +42,7 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     pytest.skip("needs Debian's chromium and chromium-driver (`make setup` installs them)", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402  (only once the browser is known to exist)
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
@@ -127,11 +128,18 @@ def go(world, path: str) -> None:
 
 
 def submit(world, element) -> None:
-    """Click a submit button and wait for the next page to replace this one."""
-    page = world["browser"].find_element(By.TAG_NAME, "html")
+    """Click a submit button and wait until the next page has replaced this one and finished loading."""
+    browser = world["browser"]
+    browser.execute_script("window.beforeSubmit = true;")  # gone once a new document is loaded
+
+    def next_page_loaded(_) -> bool:
+        try:
+            return browser.execute_script("return window.beforeSubmit === undefined && document.readyState === 'complete'")
+        except WebDriverException:  # asked while the browser was between two documents
+            return False
+
     element.click()
-    WebDriverWait(world["browser"], WAIT_S).until(EC.staleness_of(page))
-    WebDriverWait(world["browser"], WAIT_S).until(EC.presence_of_element_located((By.TAG_NAME, "main")))
+    WebDriverWait(browser, WAIT_S).until(next_page_loaded)
 
 
 def sign_in(world, secret: str = KEY) -> None:
