@@ -16,9 +16,12 @@ skips those photos and does not bring the person back. Earlier events of the
 identity (and of identities merged into it) have their names redacted; the
 ``deleted`` event keeps only ids and counts.
 
-Decisions made here hold against the pool's re-clustering (which never moves an
-assigned face) but not against a full re-clustering, which starts over from the
-embeddings (names still survive it).
+Merge and split are kept as face links (``face_links``, see
+:mod:`components.identities.store`): a merge must-links the moved faces with the kept
+identity's medoid, a split must-links the faces split out together and cannot-links them
+with every face left behind. The life cycle honours the links, so these decisions hold
+against the pool's re-clustering and against a full re-clustering too (names survive
+both).
 """
 
 from __future__ import annotations
@@ -211,6 +214,12 @@ def merge(store: db.IdentityStore, into: int, others: Iterable[int], *, actor: s
         if target.name is None:
             target.name = next((rows[identity].name for identity in others if rows[identity].name), None)
         moved = [face for identity in others for face in members[identity]]
+        # Kept as constraints: the merged faces are one person from now on.
+        everyone = [face for faces in members.values() for face in faces]
+        stale = [link for link in db.links_in(session, everyone).cannot if set(link) <= set(everyone)]
+        for a, b in stale:
+            session.execute(delete(db.FaceLinkRow).where(db.FaceLinkRow.face_a == a, db.FaceLinkRow.face_b == b))
+        db.set_links_in(session, "must", [(face, target.medoid_face_id) for face in moved], now, actor)
         session.execute(
             update(db.AssignmentRow).where(db.AssignmentRow.identity_id.in_(others)).values(identity_id=into, method="manual")
         )
@@ -247,6 +256,13 @@ def split(store: db.IdentityStore, identity_id: int, face_ids: Iterable[int], *,
         session.execute(
             update(db.AssignmentRow).where(db.AssignmentRow.face_id.in_(faces)).values(identity_id=created.id, method="manual")
         )
+        # Kept as constraints: the faces split out are one person, and not the one they left.
+        staying = sorted(set(_members(session, identity_id)) - set(faces))
+        old_links = [link for link in db.links_in(session, faces).must if set(link) & set(staying)]
+        for a, b in old_links:
+            session.execute(delete(db.FaceLinkRow).where(db.FaceLinkRow.face_a == a, db.FaceLinkRow.face_b == b))
+        db.set_links_in(session, "must", [(face, faces[0]) for face in faces[1:]], now, actor)
+        db.set_links_in(session, "cannot", [(face, other) for face in faces for other in staying], now, actor)
         db.add_event(session, identity_id, "split", {"faces": faces, "to": created.id}, now, actor)
         db.add_event(session, created.id, "created", {"by": "split", "split_from": identity_id, "faces": faces}, now, actor)
         session.flush()

@@ -118,3 +118,18 @@ def test_constraints_export_groups_for_retraining(tmp_path):
     assert exported["model_version"] == "test"
     assert len({exported["groups"][f] for f in groups[1]}) == 1, "the merged faces are one label group"
     assert any(groups[0][0] in pair for pair in exported["cannot_link"])
+
+
+def test_command_line_merge_and_split_are_kept_as_links_too(tmp_path):
+    from components.identities import operations
+
+    store, groups = build(tmp_path, [5, 4, 4])
+    owners = store.identity_of_faces()
+    a, b, c = (owners[groups[p][0]] for p in range(3))
+    operations.merge(store, a, [b], actor="cli", policy=POLICY)
+    operations.split(store, c, groups[2][:2], actor="cli", policy=POLICY)
+    update_identities(store, policy=POLICY, clock=lambda: T0 + timedelta(hours=3), full=True)
+    owners = store.identity_of_faces()
+    assert len({owners.get(f) for f in groups[0] + groups[1]}) == 1
+    assert len({owners.get(f) for f in groups[2][:2]}) == 1
+    assert owners.get(groups[2][0]) != owners.get(groups[2][3])
