@@ -146,6 +146,19 @@ def cmd_bench_cluster(args, settings) -> int:
     return bench_cluster_main(args, settings)
 
 
+def cmd_bench_retrain(args, settings) -> int:
+    from components.bench.retrain import run_benchmark
+
+    protocols = args.protocols.split(",") if args.protocols else None
+    result = run_benchmark(settings, out=Path(args.out), command="faces bench retrain " + " ".join(sys.argv[3:]),
+                           protocols=protocols, progress=not args.no_progress,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    for row in result["table"]:
+        print(json.dumps(row))
+    print(f"written: {args.out}")
+    return 0
+
+
 def cmd_bench_synthetic_gradients(args, settings) -> int:
     from components.bench.synthetic_gradients import run_benchmark
 
@@ -230,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="faces per staged batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench_reembed)
+    p = bench_sub.add_parser("retrain", help="self-labelled retraining on three LFW protocols (generalisation, "
+                             "personalisation, domain shift): pretrained, self-labelled and oracle rows")
+    p.add_argument("--out", default="bench/results/retrain.json")
+    p.add_argument("--protocols", help="comma-separated subset of generalisation, personalisation, "
+                   "domain_shift_generalisation, domain_shift_personalisation (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench_retrain)
     p = bench_sub.add_parser("synthetic-gradients",
                              help="small backbone on LFW crops: synthetic gradients beside back-propagation")
     p.add_argument("--out", default="bench/results/synthetic_gradients.json")

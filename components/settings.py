@@ -226,21 +226,22 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class RetrainParams:
-    """Self-labelled retraining (components/train/retrain.py, ``faces retrain``).
+    """Self-labelled retraining (components/train/retrain.py, ``faces retrain``, DAG ``face_retrain``).
 
     Attributes:
         min_faces: identities with fewer faces give no training labels.
         min_cohesion: ... nor those whose members' mean cosine similarity to the medoid is lower.
-        promote_metric: held-out figure that decides promotion (``accuracy``: LFW pairs folds 6-10
-            verification accuracy; ``tar_at_far_1e-3``; ``bcubed_f1``: clustering of folds 6-10 people).
+        promote_metric: held-out figure that decides promotion (components.train.retrain.METRICS):
+            verification on the held-out evidence pairs (``accuracy``, ``auc``, ``tar_at_far_1e-3``)
+            or clustering of the identities held out whole (``pairwise_f1``, ``bcubed_f1``).
         promote_margin: the challenger becomes champion only when it beats the champion's
             ``promote_metric`` by at least this.
-        train_from: first block of the dlib-ResNet that is fine-tuned; the blocks below stay frozen.
-        loss: loss head (components.train.losses).
-        learning_rate: Adam step size for fine-tuning.
-        steps_per_epoch, epochs, patience: the training loop's schedule and early stopping.
-        identities_per_batch, faces_per_identity: P x K batches.
-        held_out_share: share of self-labelled identities kept out of training for early stopping.
+        loss: cosine loss of the head re-fit (components.train.head.HEAD_LOSSES).
+        learning_rate: peak Adam step size (warm-up, then cosine decay to zero).
+        steps: optimiser steps of the head re-fit.
+        anchor: weight of the pull of the head towards the champion's.
+        future_share: share of each identity's newest faces held out as "future photos".
+        unseen_share: share of identities held out whole ("people never trained on").
         stream_batches: batches the LFW stream is fed in through the identity life cycle.
     """
 
@@ -248,15 +249,12 @@ class RetrainParams:
     min_cohesion: float = 0.9
     promote_metric: str = "accuracy"
     promote_margin: float = 0.002
-    train_from: str = "conv256_down"
-    loss: str = "triplet"
-    learning_rate: float = 1e-5
-    steps_per_epoch: int = 100
-    epochs: int = 8
-    patience: int = 3
-    identities_per_batch: int = 16
-    faces_per_identity: int = 4
-    held_out_share: float = 0.15
+    loss: str = "cosface"
+    learning_rate: float = 1e-3
+    steps: int = 300
+    anchor: float = 10.0
+    future_share: float = 0.2
+    unseen_share: float = 0.2
     stream_batches: int = 20
 
 

@@ -5,14 +5,15 @@ Triggered from the UI (**Trigger** shows the parameters below; empty fields keep
 params.yaml's `retrain:` values) or by the asset `faces://identities`, which
 `face_recluster` updates when identities were created or grew.
 
-`retrain`: self-label (identities of the identity store, or the LFW stream) ->
-fine-tune the champion -> evaluate champion and challenger on held-out LFW people ->
-register the challenger (alias `challenger`) -> promote it to `champion` only when it
-beats the champion by `promote_margin` on `promote_metric`, else keep. Everything is
-logged to MLflow (experiment `retrain`: both models side by side). When the champion
-changed, `announce` updates the asset `faces://champion`, which schedules
-`face_reembed`: the identity store moves to the new model, then serving follows it. The outcome is keyed by the DAG run: a cleared and re-run task registers no
-second model version. Steps: `components/workflow/retrain.py`.
+`retrain`: self-labels from the identity store -> hold out each identity's newest faces
+and whole identities as evidence -> re-fit the champion's projection head on the rest ->
+compare champion and challenger on the evidence -> register the challenger (alias
+`challenger`, keyed by this run) -> promote it to `champion` only when it beats the
+champion by `promote_margin` on `promote_metric`. Everything is logged to MLflow
+(experiment `retrain`: both models side by side). When the champion changed, `announce`
+updates the asset `faces://champion`, which schedules `face_reembed`: the identity store
+moves to the new model, then serving follows it. A cleared, retried or killed-and-rerun
+task registers no second version. Steps: `components/workflow/retrain.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, dag, task
 
 IDENTITIES = Asset("faces://identities")
+# The trigger form's choices, as the code that checks them names them (no second list to keep in step).
+METRICS = ("accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1")  # components.train.retrain.METRICS
+HEAD_LOSSES = ("cosface", "arcface")  # components.train.head.HEAD_LOSSES
+OVERRIDES = ("steps", "learning_rate", "loss", "anchor", "min_faces", "min_cohesion", "future_share", "unseen_share",
+             "promote_metric", "promote_margin")
 CHAMPION = Asset("faces://champion")
 
 
@@ -40,22 +46,22 @@ def _optional(kind: str, title: str, description: str, **limits) -> Param:
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
         "labels_from": Param("store", enum=["store", "lfw"], title="Self-labels from",
-                             description="store: the identity store's identities; lfw: the LFW stream."),
-        "limit_people": _optional("integer", "LFW subset", "People per LFW split (quick checks); empty: all.",
-                                  minimum=2),
-        "epochs": _optional("integer", "Epochs", "Empty: retrain.epochs.", minimum=1),
-        "steps_per_epoch": _optional("integer", "Steps per epoch", "Empty: retrain.steps_per_epoch.", minimum=1),
+                             description="store: the identity store's identities; lfw: the LFW stream (a benchmark)."),
+        "limit_people": _optional("integer", "LFW subset", "labels_from=lfw only: people in the stream; empty: all.",
+                                  minimum=4),
+        "steps": _optional("integer", "Training steps", "Empty: retrain.steps.", minimum=1),
         "learning_rate": _optional("number", "Learning rate", "Empty: retrain.learning_rate.", exclusiveMinimum=0),
-        "loss": _optional("string", "Loss", "Empty: retrain.loss.",
-                          enum=[None, "triplet", "arcface", "cosface", "center", "softmax", "quadruplet"]),
-        "train_from": _optional("string", "Fine-tune from block", "Empty: retrain.train_from."),
-        "min_faces": _optional("integer", "Faces per self-labelled identity", "Empty: retrain.min_faces.", minimum=2),
-        "identities_per_batch": _optional("integer", "Identities per batch (P)", "Empty: retrain.identities_per_batch.",
-                                          minimum=2),
-        "faces_per_identity": _optional("integer", "Faces per identity in a batch (K)",
-                                        "Empty: retrain.faces_per_identity.", minimum=2),
+        "loss": _optional("string", "Loss", "Empty: retrain.loss.", enum=[None, *HEAD_LOSSES]),
+        "anchor": _optional("number", "Pull towards the champion's head", "Empty: retrain.anchor.", minimum=0),
+        "min_faces": _optional("integer", "Faces per self-labelled identity", "Empty: retrain.min_faces.", minimum=3),
+        "min_cohesion": _optional("number", "Cohesion of a self-labelled identity", "Empty: retrain.min_cohesion.",
+                                  minimum=-1, maximum=1),
+        "future_share": _optional("number", "Newest faces held out", "Empty: retrain.future_share.",
+                                  exclusiveMinimum=0, exclusiveMaximum=1),
+        "unseen_share": _optional("number", "Identities held out whole", "Empty: retrain.unseen_share.",
+                                  exclusiveMinimum=0, exclusiveMaximum=1),
         "promote_metric": _optional("string", "Promotion metric", "Empty: retrain.promote_metric.",
-                                    enum=[None, "accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1"]),
+                                    enum=[None, *METRICS]),
         "promote_margin": _optional("number", "Promotion margin", "Empty: retrain.promote_margin."),
     },
 )
@@ -65,9 +71,7 @@ def face_retrain():
         from components.workflow import retrain as step
         from components.workflow.steps import run_step
 
-        overrides = {key: params[key] for key in ("epochs", "steps_per_epoch", "learning_rate", "loss", "train_from",
-                                                  "min_faces", "identities_per_batch", "faces_per_identity",
-                                                  "promote_metric", "promote_margin")}
+        overrides = {key: params[key] for key in OVERRIDES}
         # Keyed by the run's time (stable when the run is cleared; the run id is not, under `dags test`).
         key = f"retrain-{(dag_run.logical_date or dag_run.run_after).isoformat()}"
         return run_step(step.retrain, key, overrides=overrides, labels_from=params["labels_from"],

@@ -31,16 +31,19 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-register", action="store_true", help="do not register the model")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("retrain", help="fine-tune the champion on self-labelled identities; promote it only if it wins "
-                                       "on held-out LFW people")
-    p.add_argument("--db", help="identity store to take labels from (default: the LFW stream, people.txt folds 1-5)")
-    p.add_argument("--cycles", type=int, default=1, help="retraining cycles, each from the champion of the moment")
-    p.add_argument("--limit-people", type=int, help="LFW subset: this many stream and as many held-out people (tests)")
-    p.add_argument("--workdir", default="runs/retrain", help="per-cycle checkpoints, models and decisions")
-    p.add_argument("--out", default="runs/retrain/retrain.json",
-                   help="summary JSON (the benchmark figure: bench/results/retrain.json)")
-    p.add_argument("--oracle-labels", action="store_true",
-                   help="DIAGNOSTIC: fine-tune on the LFW stream's true names instead of self-labels (an upper bound)")
+    p = sub.add_parser("retrain", help="re-fit the champion's head on the identity store's own identities; promote "
+                                       "it only if it wins on held-out evidence of the same store")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--db", help="identity store to take labels and evidence from (default: the store of "
+                                     "run.out_dir, where `faces run` writes)")
+    source.add_argument("--lfw", action="store_true",
+                        help="labels and evidence from the LFW stream (people.txt folds 1-5) instead of a store")
+    p.add_argument("--limit-people", type=int, help="with --lfw: this many stream people (tests)")
+    p.add_argument("--crops-root", help="where the store's relative crop paths start (folder or s3://bucket/prefix; "
+                                        "default $FACES_CROPS_ROOT, else the SQLite file's folder)")
+    p.add_argument("--key", help="what identifies this request: the same key again returns the recorded outcome "
+                                 "and registers nothing new (default: a new key per call)")
+    p.add_argument("--workdir", default="runs/retrain", help="labels, challenger file and outcome, one folder per key")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_retrain)
 
@@ -86,20 +89,26 @@ def cmd_train(args, settings) -> int:
 
 
 def cmd_retrain(args, settings) -> int:
-    from components.track import TrackingError
-    from components.train.data import TrainingDataError
-    from components.train.retrain import RetrainError, run_cycles
+    from datetime import UTC, datetime
 
-    if args.cycles < 1:
-        return _fail("--cycles must be at least 1")
-    command = "faces retrain " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["retrain"] else "faces retrain"
+    from components.track import TrackingError
+    from components.train.retrain import RetrainError, retrain_cycle
+
+    from components.identities.cli import default_url
+
+    store_url = None if args.lfw else (args.db or default_url(settings))
+    key = args.key or f"cli-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
     try:
-        summary = run_cycles(settings, Path(args.out), Path(args.workdir), cycles=args.cycles, store_url=args.db,
-                             limit_people=args.limit_people, progress=not args.no_progress, command=command,
-                             oracle_labels=args.oracle_labels, log=_progress)
-    except (RetrainError, TrainingDataError, TrackingError, FileNotFoundError) as error:
+        outcome = retrain_cycle(settings, Path(args.workdir), key=key, labels_from="lfw" if args.lfw else "store",
+                                store_url=store_url, crops_root=args.crops_root, limit_people=args.limit_people,
+                                progress=not args.no_progress, log=_progress)
+    except (RetrainError, TrackingError) as error:
         return _fail(str(error))
-    print(json.dumps({"baseline": summary["baseline"], "table": summary["table"],
-                      "final_champion_version": summary["final_champion_version"]}, indent=2, default=float))
-    print(f"written: {args.out}")
+    figures = ("accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1")
+    print(json.dumps({"key": key, "decision": outcome["decision"], "labels": outcome["labels"],
+                      "evidence": outcome["evidence"],
+                      "champion": {k: outcome["champion"].get(k) for k in ("version", *figures)},
+                      "challenger": outcome["challenger"] and {k: outcome["challenger"].get(k)
+                                                               for k in ("version", *figures)}},
+                     indent=2, default=float))
     return 0

@@ -21,6 +21,7 @@ Nothing here imports TensorFlow until a dataset is built.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,10 @@ class LabelledFaces:
         classes: identity names (or store identity ids as strings).
         photo_ids: (N,) photo of each face (faces of one photo are different people), or None.
         face_ids: (N,) where each row came from (store face ids, file indices), or None.
+        cannot_link: (L, 2) row pairs that are two people (two faces of one photo).
+        meta: more per-row arrays (N,), carried along by :meth:`subset`: from a store,
+            ``order`` (the photo's ingest order), ``truth`` (its folder name, or None),
+            ``crop`` (the crop's object key) and ``sha256`` (of the crop's bytes).
     """
 
     x: np.ndarray
@@ -54,6 +59,7 @@ class LabelledFaces:
     photo_ids: np.ndarray | None = None
     face_ids: np.ndarray | None = None
     cannot_link: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, np.int64)
@@ -81,6 +87,7 @@ class LabelledFaces:
             self.x[rows], remap[self.labels[rows]], [self.classes[k] for k in kept],
             None if self.photo_ids is None else self.photo_ids[rows],
             None if self.face_ids is None else self.face_ids[rows], links,
+            {key: np.asarray(value)[rows] for key, value in self.meta.items()},
         )
 
     def check_trainable(self, min_identities: int = 2, min_faces_per_identity: int = 2) -> None:
@@ -275,7 +282,7 @@ def from_store(store, min_faces: int, min_cohesion: float, crops_root: str | Pat
     with store.session() as session:
         rows = session.execute(
             select(db.FaceRow.id, db.FaceRow.embedding, db.FaceRow.image_id, db.FaceRow.crop_path,
-                   db.AssignmentRow.identity_id)
+                   db.FaceRow.label, db.AssignmentRow.identity_id)
             .join(db.AssignmentRow, db.AssignmentRow.face_id == db.FaceRow.id)
             .where(db.FaceRow.embedding.is_not(None))
             .order_by(db.FaceRow.id)
@@ -291,6 +298,7 @@ def from_store(store, min_faces: int, min_cohesion: float, crops_root: str | Pat
             raise TrainingDataError(f"face {rows[row].id} has no crop file; re-run `faces run` to write crops")
     reader = CropReader(crops_root if crops_root else crops_root_for(store.url))
     x = np.zeros((len(chosen.rows), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    digests = np.empty(len(chosen.rows), object)
     for start in range(0, len(chosen.rows), _READ_BATCH):  # bounded memory: a batch of encoded crops at a time
         batch = chosen.rows[start : start + _READ_BATCH]
         blobs = reader.read_many([rows[row].crop_path for row in batch], errors="return")
@@ -304,8 +312,11 @@ def from_store(store, min_faces: int, min_cohesion: float, crops_root: str | Pat
                 raise TrainingDataError(f"face {face}: cannot read its crop {stored}: {blob.reason} [{blob.code}]"
                                         ) from blob
             x[start + offset] = decode_crop(blob, f"face {face}: {stored}")
+            digests[start + offset] = hashlib.sha256(blob).hexdigest()
+    meta = {"order": photos[chosen.rows], "truth": np.array([rows[r].label for r in chosen.rows], object),
+            "crop": np.array([rows[r].crop_path for r in chosen.rows], object), "sha256": digests}
     data = LabelledFaces(x, chosen.labels, [str(k) for k in chosen.identities], photos[chosen.rows],
-                         np.array([rows[r].id for r in chosen.rows], np.int64), chosen.cannot_link)
+                         np.array([rows[r].id for r in chosen.rows], np.int64), chosen.cannot_link, meta)
     return data, chosen
 
 

@@ -1,86 +1,69 @@
-"""Self-labelled retraining: fine-tune the champion on its own clusters, promote only a winner.
+"""Self-labelled retraining: re-fit the champion's head on its own identities, promote only a winner.
 
-One cycle (:func:`retrain_cycle`):
+One cycle (:func:`retrain_cycle`), keyed by the request that started it (the DAG run):
 
-1. The champion: ``components.track.registry.resolve("champion")`` (the pretrained
-   dlib-ResNet on a fresh install; it is registered as version 1 and made champion
-   the first time, so every later comparison is between registered versions).
-2. Labels without labels: the stream (LFW: the people of ``people.txt`` folds 1-5,
-   shuffled) goes through the identity life cycle
-   (:func:`components.identities.stream.simulate_stream`: assignment, pool, Chinese
-   Whispers, cannot-link) with the champion's embeddings, or the identities of a real
-   store are read (``--db``). Identities with at least ``retrain.min_faces`` faces and
-   a mean similarity to their medoid of at least ``retrain.min_cohesion`` become
-   classes; two faces of one photo become a cannot-link pair (hard negatives).
-3. Fine-tuning: the blocks from ``retrain.train_from`` up train, the ones below stay
-   frozen, so their output is computed once per face (and its mirror image) and
-   cached: a cycle runs on two CPU cores in minutes. Early stopping on self-labelled
-   identities held out of training (:mod:`components.train.loop`).
-4. Evaluation on people never trained on (README.md, "Evaluation protocols"): ``pairs.txt`` folds 6-10
-   (verification accuracy with the threshold fit on the other folds, AUC, TAR at
-   FAR 1e-3) and clustering of the folds 6-10 people (Chinese Whispers at a threshold
-   calibrated for each model on folds 1-5 people: the protocol that chose the shipped
-   threshold; pairwise and BCubed F).
-5. Registration as a new version with alias ``challenger``; ``champion`` moves only when
-   the challenger beats it by ``retrain.promote_margin`` on ``retrain.promote_metric``.
-   Both models' figures go side by side into the cycle's MLflow run (metrics
-   ``champion_*``, ``challenger_*``, ``delta_*``, ``comparison.json``, an ROC overlay),
-   and the decision into ``decision.json`` there and in the work folder.
+1. **Champion**: ``components.track.registry.resolve("champion")`` (the pretrained
+   dlib-ResNet on a fresh install; it is registered as version 1 and made champion the
+   first time, so every comparison is between registered versions).
+2. **Self-labels**: the identity store's identities (``labels_from="store"``, the
+   default), or the LFW stream run through the identity life cycle with the champion
+   (``labels_from="lfw"``, a benchmark option). Identities with at least
+   ``retrain.min_faces`` faces and a mean similarity to their medoid of at least
+   ``retrain.min_cohesion`` are kept; two faces of one photo are a cannot-link pair.
+   The set (face ids, labels, crop keys and the sha256 of each crop, the held-out split)
+   is written as ``labels.csv``; its md5 is the run's ``faces.data_version``.
+3. **Evidence, held out before any training** (:mod:`components.train.evidence`): the
+   newest faces of each identity ("future photos of known people") and whole identities
+   ("people never trained on"), with verification pairs drawn among them.
+4. **Training** (:mod:`components.train.head`): the pooled features of every face and
+   its mirror image are computed once with the champion's frozen convolutions; its
+   projection head is re-fitted on the training faces. A head that did not move is no
+   model: nothing is registered.
+5. **Comparison** on the evidence: both models' verification figures, and the
+   clustering of the held-out identities at each model's threshold calibrated on the
+   training faces. :func:`decide` promotes only when the challenger beats the champion
+   by ``retrain.promote_margin`` on ``retrain.promote_metric``.
+6. **Registration after the decision**: the challenger (the champion's network with the
+   new head) becomes a version with its calibrated thresholds, the cycle's figures and
+   the request key as tags, alias ``challenger``; ``champion`` moves when it won. A
+   rerun of the same key (a cleared, retried or killed task) finds that version and
+   registers nothing new.
+
+Everything goes to MLflow (experiment ``retrain``): both models' figures side by side
+(``champion_*``, ``challenger_*``, ``delta_*``), the decision, ``comparison.json``,
+``labels.csv`` and an ROC overlay. The store URL is logged only redacted.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
-import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from components.settings import PROJECT_ROOT, RetrainParams, Settings
-from components.train.data import LabelledFaces, TrainingDataError, select_self_labels, split_identities
-from components.train.loop import CheckpointError, TrainConfig, load_keras_model
+from components.train.data import LabelledFaces, TrainingDataError, select_self_labels
+from components.train.loop import CheckpointError, load_keras_model
 
 EXPERIMENT = "retrain"
 FEATURE_CACHE = PROJECT_ROOT / "bench" / "cache" / "retrain_features"
 COARSE_GRID = np.round(np.arange(0.40, 0.981, 0.02), 3)
 METRICS = ("accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1")
+LABEL_SOURCES = ("store", "lfw")
+KEY_TAG = "faces.retrain.key"
+CALIBRATION_FACES = 2000  # training faces the cluster threshold is calibrated on (whole identities, seeded)
 
 
 class RetrainError(RuntimeError):
     """A retraining cycle could not run; the champion was left as it was."""
 
 
-# -- the model split ------------------------------------------------------------------------------
-
-
-def split_model(model, train_from: str):
-    """(trunk, top) of an embedder cut at the input of block ``train_from``; both share ``model``'s layers.
-
-    Raises:
-        RetrainError: the model has no such block (not a dlib-ResNet-style embedder).
-    """
-    import keras
-
-    try:
-        first = model.get_layer(f"{train_from}_conv1")
-    except ValueError as error:
-        names = sorted({layer.name.rsplit("_conv", 1)[0] for layer in model.layers if "_conv" in layer.name})
-        raise RetrainError(f"retrain.train_from={train_from!r}: the champion has no such block; "
-                           f"blocks: {names}") from error
-    cut = first.input
-    trunk = keras.Model(model.input, cut, name="trunk")
-    top = keras.Model(cut, model.output, name=f"top_from_{train_from}")
-    for layer in trunk.layers:
-        layer.trainable = False
-    for layer in top.layers:
-        layer.trainable = True
-    return trunk, top
+# -- shared helpers -------------------------------------------------------------------------------
 
 
 def weights_digest(model) -> str:
@@ -93,52 +76,6 @@ def weights_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def trunk_features(trunk, crops: np.ndarray, rows: np.ndarray, flip: bool, cache_key: str,
-                   batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Frozen-trunk outputs of ``crops[rows]`` (mirrored when ``flip``), float16, cached on disk.
-
-    The cache file is named by the trunk's weights, the face set and the rows, so a
-    different trunk or subset never reads another's features.
-    """
-    from tqdm import tqdm
-
-    rows = np.asarray(rows, np.int64)
-    key = hashlib.sha256(f"{weights_digest(trunk)}|{cache_key}|{flip}|".encode() + rows.tobytes()).hexdigest()[:20]
-    path = FEATURE_CACHE / f"{key}.npy"
-    if path.is_file():
-        return np.load(path, mmap_mode="r")
-    shape = tuple(int(d) for d in trunk.output.shape[1:])
-    out = np.zeros((len(rows), *shape), np.float16)
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"trunk features{' (mirrored)' if flip else ''}",
-                      unit="batch", disable=None if progress else True):
-        batch = np.asarray(crops[rows[start : start + batch_size]], np.float32)
-        if flip:
-            batch = batch[:, :, ::-1]
-        out[start : start + len(batch)] = np.asarray(trunk(batch, training=False), np.float16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
-    return out
-
-
-def embed_features(top, features: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Top-of-network embeddings from cached trunk features (float32, unit norm)."""
-    from components.train.loop import embed_inputs
-
-    return embed_inputs(top, features, batch_size)
-
-
-def flip_choice(batch, seed):
-    """Augmentation for (B, 2, ...) feature pairs: each sample's original or mirrored crop, at random."""
-    import tensorflow as tf
-
-    pick = tf.random.stateless_uniform([tf.shape(batch)[0]], tf.cast(seed, tf.int64)) < 0.5
-    shape = tf.concat([[tf.shape(batch)[0]], tf.ones([tf.rank(batch) - 2], tf.int32)], axis=0)
-    return tf.where(tf.reshape(pick, shape), batch[:, 1], batch[:, 0])
-
-
-# -- LFW: stream and held-out people --------------------------------------------------------------
 
 
 @dataclass
@@ -219,7 +156,6 @@ def lfw_protocol(settings: Settings, root: Path, limit_people: int | None = None
     return LFWProtocol(faces, stream, held_out, pairs, same, folds, source, key)
 
 
-# -- evaluation -----------------------------------------------------------------------------------
 
 
 def _cluster_scores(x: np.ndarray, names: np.ndarray, threshold: float, seed: int) -> dict:
@@ -243,65 +179,6 @@ def calibrate_threshold(x: np.ndarray, names: np.ndarray, seed: int) -> tuple[fl
     return chosen["threshold"], curve
 
 
-def evaluate(stream_x: np.ndarray, stream_names: np.ndarray, held_x: np.ndarray, held_names: np.ndarray,
-             pairs: np.ndarray, same: np.ndarray, folds: np.ndarray, seed: int) -> dict:
-    """Held-out figures of one model from its embeddings.
-
-    Args:
-        stream_x, stream_names: folds 1-5 people's embeddings and names (threshold calibration only).
-        held_x, held_names: folds 6-10 people's embeddings and names.
-        pairs: (M, 2) rows of ``held_x`` (-1: no face; such a pair scores below every real one).
-        same, folds: pair truth and fold.
-
-    Returns:
-        ``accuracy`` (mean over folds, threshold fit on the other folds), ``accuracy_std``,
-        ``auc``, ``tar_at_far_1e-3``, ``verification_threshold``, clustering figures at the
-        calibrated ``cluster_threshold`` and the calibration curve.
-    """
-    from components.report.verification import verification_report
-
-    found = (pairs >= 0).all(axis=1)
-    scores = np.full(len(pairs), np.nan)
-    scores[found] = np.sum(held_x[pairs[found, 0]] * held_x[pairs[found, 1]], axis=1)
-    if (~found).any():
-        scores[~found] = np.nanmin(scores) - 1.0
-    report = verification_report(scores, same, folds)
-    threshold, curve = calibrate_threshold(stream_x, stream_names, seed)
-    clustering = _cluster_scores(held_x, held_names, threshold, seed)
-    return {"accuracy": report["accuracy_mean"], "accuracy_std": report["accuracy_std"], "auc": report["auc"],
-            "tar_at_far_1e-3": report["tar_at_far_1e-3"], "verification_threshold": report["threshold_mean"],
-            "pairs": int(len(pairs)), "pairs_without_face": int((~found).sum()),
-            "cluster_threshold": threshold, "pairwise_f1": clustering["pairwise_f1"],
-            "bcubed_f1": clustering["bcubed_f1"], "clustering": clustering, "calibration_curve": curve,
-            "_scores": scores}
-
-
-def check_params(params: RetrainParams) -> RetrainParams:
-    """Refuse retraining parameters that would fail only after training (checked before any work).
-
-    Raises:
-        RetrainError: names the parameter, the value and what is allowed.
-    """
-    from components.train.losses import LOSSES
-
-    problems = []
-    if params.promote_metric not in METRICS:
-        problems.append(f"promote_metric {params.promote_metric!r} is not one of {', '.join(METRICS)}")
-    if params.loss not in LOSSES:
-        problems.append(f"loss {params.loss!r} is not one of {', '.join(LOSSES)}")
-    for name in ("min_faces", "steps_per_epoch", "epochs", "patience", "identities_per_batch", "faces_per_identity",
-                 "stream_batches"):
-        if getattr(params, name) < 1:
-            problems.append(f"{name} must be at least 1, got {getattr(params, name)}")
-    if not params.learning_rate > 0:
-        problems.append(f"learning_rate must be above 0, got {params.learning_rate}")
-    if not 0 < params.held_out_share < 1:
-        problems.append(f"held_out_share must be between 0 and 1, got {params.held_out_share}")
-    if not -1 <= params.min_cohesion <= 1:
-        problems.append(f"min_cohesion is a cosine similarity in [-1, 1], got {params.min_cohesion}")
-    if problems:
-        raise RetrainError("bad retraining parameters: " + "; ".join(problems))
-    return params
 
 
 def decide(champion: dict, challenger: dict, metric: str, margin: float) -> dict:
@@ -318,7 +195,6 @@ def decide(champion: dict, challenger: dict, metric: str, margin: float) -> dict
                        f"{delta:+.4f} < margin {margin}; champion kept")}
 
 
-# -- self labels -----------------------------------------------------------------------------------
 
 
 def stream_labels(embeddings: np.ndarray, photo_ids: np.ndarray, threshold: float, settings: Settings,
@@ -342,7 +218,6 @@ def label_quality(labels: np.ndarray, truth: np.ndarray) -> dict:
             "true_people": int(len(np.unique(truth)))}
 
 
-# -- one cycle -------------------------------------------------------------------------------------
 
 
 def _bootstrap_champion(log, settings: Settings | None = None) -> tuple[object, int | None]:
@@ -371,261 +246,441 @@ def _bootstrap_champion(log, settings: Settings | None = None) -> tuple[object, 
     return ref, ref.version
 
 
-def retrain_cycle(settings: Settings, workdir: Path, *, cycle: int = 1, protocol: LFWProtocol | None = None,
-                  store_url: str | None = None, root: Path | None = None, limit_people: int | None = None,
-                  params: RetrainParams | None = None, oracle_labels: bool = False, progress: bool = True,
-                  log=print) -> dict:
-    """Run one retraining cycle; returns (and writes ``workdir/decision.json``) what happened.
+
+
+# -- parameters ------------------------------------------------------------------------------------
+
+
+def check_params(params: RetrainParams) -> RetrainParams:
+    """Refuse retraining parameters that would fail only after training (checked before any work).
+
+    Raises:
+        RetrainError: names the parameter, the value and what is allowed.
+    """
+    from components.train.head import HEAD_LOSSES
+
+    problems = []
+    if params.promote_metric not in METRICS:
+        problems.append(f"promote_metric {params.promote_metric!r} is not one of {', '.join(METRICS)}")
+    if params.loss not in HEAD_LOSSES:
+        problems.append(f"loss {params.loss!r} is not one of {', '.join(HEAD_LOSSES)}")
+    for name in ("min_faces", "steps", "stream_batches"):
+        if getattr(params, name) < 1:
+            problems.append(f"{name} must be at least 1, got {getattr(params, name)}")
+    if params.min_faces < 3:
+        problems.append(f"min_faces must be at least 3 (one future photo held out, two trained on), "
+                        f"got {params.min_faces}")
+    if not params.learning_rate > 0:
+        problems.append(f"learning_rate must be above 0, got {params.learning_rate}")
+    if not params.anchor >= 0:
+        problems.append(f"anchor must be 0 or more, got {params.anchor}")
+    for name in ("future_share", "unseen_share"):
+        if not 0 < getattr(params, name) < 1:
+            problems.append(f"{name} must be between 0 and 1, got {getattr(params, name)}")
+    if not -1 <= params.min_cohesion <= 1:
+        problems.append(f"min_cohesion is a cosine similarity in [-1, 1], got {params.min_cohesion}")
+    if problems:
+        raise RetrainError("bad retraining parameters: " + "; ".join(problems))
+    return params
+
+
+def head_config(params: RetrainParams, seed: int):
+    """The :class:`components.train.head.HeadConfig` of the ``retrain:`` parameters."""
+    from components.train.head import HeadConfig
+
+    return HeadConfig(loss=params.loss, steps=params.steps, learning_rate=params.learning_rate, anchor=params.anchor,
+                      warmup=max(1, params.steps // 10), seed=seed)
+
+
+# -- features --------------------------------------------------------------------------------------
+
+
+def pooled_features(model, crops, progress: bool, cache_key: str | None = None, batch_size: int = 64) -> np.ndarray:
+    """(N, 2, F) pooled features of each crop and of its mirror image (the head's inputs).
+
+    Cached under ``bench/cache/retrain_features`` when ``cache_key`` names the face set
+    (with the model's weights): the LFW protocols reuse them across cycles.
+    """
+    from tqdm import tqdm
+
+    from components.train.head import feature_model
+
+    path = None
+    if cache_key is not None:
+        key = hashlib.sha256(f"{weights_digest(model)}|{cache_key}".encode()).hexdigest()[:20]
+        path = FEATURE_CACHE / f"{key}.npy"
+        if path.is_file():
+            return np.load(path)
+    features = feature_model(model)
+    out = np.zeros((len(crops), 2, int(features.output.shape[-1])), np.float32)
+    for start in tqdm(range(0, len(crops), batch_size), desc="features (face and mirror)", unit="batch",
+                      disable=None if progress else True):
+        batch = np.asarray(crops[start : start + batch_size], np.float32)
+        out[start : start + len(batch), 0] = np.asarray(features(batch, training=False))
+        out[start : start + len(batch), 1] = np.asarray(features(batch[:, :, ::-1], training=False))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, out)
+        os.replace(tmp, path)
+    return out
+
+
+# -- what a cycle trains on ------------------------------------------------------------------------
+
+
+@dataclass
+class CycleData:
+    """Self-labelled faces of one cycle.
+
+    Attributes:
+        faces: crops (``x``), dense self-labels, photos, face ids, cannot-link pairs and
+            ``meta`` (``order``: larger is newer; ``truth``: folder name or None;
+            ``crop``: object key; ``sha256``: of the crop's bytes).
+        source: where the labels came from, in words (no secret).
+        dropped: self-labelled identities left out, by reason.
+    """
+
+    faces: LabelledFaces
+    source: str
+    dropped: dict[str, int]
+
+
+def store_data(store_url: str, params: RetrainParams, crops_root: str | None = None) -> CycleData:
+    """The identity store's identities and their crops (read through components/storage)."""
+    from components.identities import IdentityStore
+    from components.track import redact_url
+    from components.train.data import from_store
+
+    store = IdentityStore(store_url)
+    try:
+        faces, chosen = from_store(store, params.min_faces, params.min_cohesion, crops_root=crops_root)
+    except TrainingDataError as error:
+        raise RetrainError(f"no training labels from the identity store: {error}") from error
+    finally:
+        store.engine.dispose()
+    dropped = {reason: sum(1 for v in chosen.dropped.values() if v == reason) for reason in ("too_small", "loose")}
+    return CycleData(faces, f"identity store {redact_url(store_url)}", dropped)
+
+
+def lfw_data(settings: Settings, params: RetrainParams, model, kernel: np.ndarray, limit_people: int | None,
+             progress: bool) -> tuple[CycleData, np.ndarray]:
+    """The LFW stream (people.txt folds 1-5) labelled by the identity life cycle with the champion.
+
+    Returns:
+        The data, and the (N, 2, F) pooled features of its faces (already computed to label them).
+    """
+    from components.datasets.lfw import LFW_ROOT_DEFAULT
+    from components.embed.thresholds import Thresholds
+    from components.train.head import project
+
+    protocol = lfw_protocol(settings, LFW_ROOT_DEFAULT, limit_people=limit_people, progress=progress)
+    faces = protocol.faces
+    rows = protocol.stream
+    features = pooled_features(model, _Rows(faces.crops, rows), progress, cache_key=f"{protocol.cache_key}-stream")
+    embeddings = project(features[:, 0], kernel)
+    identity = stream_labels(embeddings, faces.photo[rows], Thresholds.from_settings(settings).cluster, settings,
+                             params.stream_batches)
+    chosen = select_self_labels(embeddings, identity, faces.photo[rows], params.min_faces, params.min_cohesion)
+    picked = rows[chosen.rows]
+    truth = faces.names[faces.photo[picked]].astype(object)
+    meta = {"order": np.arange(len(picked)), "truth": truth,
+            "crop": np.array([str(faces.paths[p]) for p in faces.photo[picked]], object),
+            "sha256": np.array([hashlib.sha256(np.asarray(faces.crops[r]).tobytes()).hexdigest() for r in picked],
+                               object)}
+    data = LabelledFaces(_Rows(faces.crops, picked), chosen.labels, [str(k) for k in chosen.identities],
+                         faces.photo[picked], picked, chosen.cannot_link, meta)
+    dropped = {reason: sum(1 for v in chosen.dropped.values() if v == reason) for reason in ("too_small", "loose")}
+    return (CycleData(data, f"LFW stream (people.txt folds 1-5, {len(rows)} faces, {params.stream_batches} batches)",
+                      dropped), features[chosen.rows])
+
+
+class _Rows:
+    """``array[rows]`` without copying it (LFW's crops are memory-mapped)."""
+
+    def __init__(self, array, rows):
+        self.array, self.rows = array, np.asarray(rows, np.int64)
+        self.shape = (len(self.rows), *array.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return np.asarray(self.array[self.rows[index]])
+
+
+def write_labels(path: Path, data: LabelledFaces, split) -> str:
+    """The self-label set as CSV (face, label, crop key, crop sha256, split); returns its md5.
+
+    The md5 is the run's data version: the same labels and split give the same digest.
+    """
+    role = np.full(len(data), "train", object)
+    role[split.future] = "future"
+    role[split.unseen] = "unseen"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["face_id", "label", "identity", "split", "crop", "sha256"])
+        for row in range(len(data)):
+            writer.writerow([int(data.face_ids[row]), int(data.labels[row]), data.classes[data.labels[row]], role[row],
+                             data.meta["crop"][row], data.meta["sha256"][row]])
+    os.replace(tmp, path)
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# -- comparison ------------------------------------------------------------------------------------
+
+
+def _calibration_rows(labels: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
+    """At most :data:`CALIBRATION_FACES` of ``rows``, whole identities at a time (seeded)."""
+    if len(rows) <= CALIBRATION_FACES:
+        return rows
+    kept, total = [], 0
+    for k in np.random.default_rng(seed).permutation(np.unique(labels[rows])):
+        members = rows[labels[rows] == k]
+        if total + len(members) > CALIBRATION_FACES and kept:
+            continue
+        kept.append(members)
+        total += len(members)
+    return np.sort(np.concatenate(kept))
+
+
+def compare(embeddings: np.ndarray, labels: np.ndarray, split, seed: int) -> dict:
+    """One model's figures on the evidence: verification pairs, and clustering of the unseen identities.
+
+    The clustering threshold is calibrated on training faces (best BCubed F of Chinese
+    Whispers against the self-labels), never on the identities it is measured on.
+    """
+    from components.train.evidence import evaluate_split
+
+    out = evaluate_split(embeddings, split)
+    calibration = _calibration_rows(labels, split.train, seed)
+    threshold, _ = calibrate_threshold(embeddings[calibration], labels[calibration], seed)
+    clustering = _cluster_scores(embeddings[split.unseen], labels[split.unseen], threshold, seed)
+    out.update({"cluster_threshold": threshold, "pairwise_f1": clustering["pairwise_f1"],
+                "bcubed_f1": clustering["bcubed_f1"], "clustering": clustering})
+    return out
+
+
+
+
+# -- one cycle -------------------------------------------------------------------------------------
+
+
+def _registered_by_key(key: str):
+    """The version a cycle with this request key already registered (its VersionInfo), if any."""
+    from components.track.registry import RegistryNotConfiguredError, list_versions
+
+    try:
+        versions = list_versions()
+    except RegistryNotConfiguredError:
+        return None  # nothing registered yet: the cycle registers the pretrained model first
+    found = [info for info in versions if info.tags.get(KEY_TAG) == key]
+    return min(found, key=lambda info: info.version) if found else None
+
+
+def _finish_registered(info, key: str, log) -> dict:
+    """The outcome of a request whose challenger is already registered (the task was killed after
+    registering, or its outcome file was lost): nothing is trained or registered again; a promotion
+    the kill interrupted is completed."""
+    from components.track.registry import PROMOTION_TAGS, promote
+
+    decision = info.tags.get("decision", "keep")
+    if decision == "promote" and PROMOTION_TAGS["reason"] not in info.tags:
+        promote(info.version, reason=info.tags.get("decision_reason", "won its retraining cycle"),
+                by=f"faces retrain ({key})")
+    base = info.tags.get("base_version")
+    before = int(base) if base and base.isdigit() else None
+    log(f"request {key} already registered version {info.version} (decision: {decision})")
+    return {"key": key, "decision": {"decision": decision, "reason": info.tags.get("decision_reason", ""),
+                                     "champion_before": before, "challenger_version": info.version,
+                                     "champion_after": info.version if decision == "promote" else before},
+            "recovered_from_registry": True}
+
+
+def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: str = "store",
+                  store_url: str | None = None, crops_root: str | None = None, limit_people: int | None = None,
+                  params: RetrainParams | None = None, progress: bool = True, log=print) -> dict:
+    """Run one retraining cycle; returns (and writes ``workdir/<key>/outcome.json``) what happened.
 
     Args:
         settings: the project's settings (``retrain`` section unless ``params``).
-        workdir: checkpoints and the challenger's model (one folder per cycle).
-        cycle: cycle number (seeds the fine-tuning; a rerun of the same cycle resumes).
-        protocol: the LFW faces and splits (built when None).
-        store_url: labels from this identity store instead of the LFW stream.
-        root: LFW root (default ``data/lfw``).
-        limit_people: LFW subset size (tests).
+        workdir: where the cycle keeps its labels, challenger file and outcome.
+        key: what identifies the request (the DAG run, or the CLI's ``--key``): a rerun with
+            the same key returns the recorded outcome, or finds the version it registered.
+        labels_from: ``store`` (the identity store at ``store_url``) or ``lfw`` (the LFW stream).
+        store_url: the identity store (``labels_from="store"``).
+        crops_root: where the store's relative crop paths start (default: see
+            :func:`components.identities.crops.crops_root_for`).
+        limit_people: LFW subset (``labels_from="lfw"``; tests).
         params: overrides ``settings.retrain``.
-        oracle_labels: a diagnostic, not retraining: train on the stream's TRUE names (LFW
-            folder names) instead of self-labels, to tell label noise from the limits of
-            fine-tuning itself. Never the default; the output says so.
         progress: progress bars.
         log: progress lines.
 
+    Returns:
+        ``decision`` (``promote`` / ``keep`` / ``no_model``, champion before and after,
+        the challenger's version or None), ``labels``, ``evidence``, both models'
+        figures, ``training``, ``mlflow`` run id and ``seconds``.
+
     Raises:
-        RetrainError: no champion, too few labels, a damaged model or checkpoint; the
-            champion is left as it was.
+        RetrainError: bad parameters, no champion, too few labels to hold anything out;
+            the champion is left as it was.
     """
     import mlflow
 
-    from components.datasets.lfw import LFW_ROOT_DEFAULT
-    from components.track import log_figure, log_json, redact_url, start_run
     from components.embed.thresholds import Thresholds
-    from components.track.registry import HELD_OUT_PREFIX, promote, set_alias, set_thresholds, set_version_tags
-    from components.train.loop import roc_figure, train
+    from components.track import log_figure, log_json, start_run
+    from components.track.registry import HELD_OUT_PREFIX, promote, register_embedder, set_alias
+    from components.train.evidence import EvidenceError, label_noise, split_evidence
+    from components.train.head import HeadError, fit_head, head_kernel, project, with_head
+    from components.train.loop import roc_figure
 
     params = check_params(params or settings.retrain)  # before any work: a typo fails now, not after training
+    if labels_from not in LABEL_SOURCES:
+        raise RetrainError(f"labels_from must be one of {', '.join(LABEL_SOURCES)}, got {labels_from!r}")
+    if labels_from == "store" and not store_url:
+        raise RetrainError("labels_from=store needs the identity store's URL")
+    safe_key = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+    folder = Path(workdir) / safe_key
+    done = folder / "outcome.json"
+    if done.is_file():
+        log(f"request {key} already ran: {done}")
+        return json.loads(done.read_text())
     began = time.perf_counter()
     timings: dict[str, float] = {}
+    registered = _registered_by_key(key)
+    if registered is not None:
+        outcome = _finish_registered(registered, key, log)
+        folder.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(outcome, indent=2))
+        return outcome
     try:
         ref, champion_version = _bootstrap_champion(log, settings)
-        champion_model = load_keras_model(ref.path)
-    except CheckpointError as error:
-        raise RetrainError(f"cannot load the champion: {error}") from error
-    # Keyed by what the cycle starts from, never by the clock: re-running a finished cycle
-    # returns its recorded outcome (no second registration); a killed one resumes.
-    workdir = Path(workdir) / f"champion-v{champion_version}-cycle-{cycle}{'-oracle' if oracle_labels else ''}"
-    done = workdir / "decision.json"
-    if done.is_file():
-        log(f"cycle {cycle} from champion v{champion_version} already ran: {done}")
-        return json.loads(done.read_text())
-    workdir.mkdir(parents=True, exist_ok=True)
-    trunk, top = split_model(champion_model, params.train_from)
-    if protocol is None:
-        protocol = lfw_protocol(settings, root or LFW_ROOT_DEFAULT, limit_people=limit_people, progress=progress)
-    faces = protocol.faces
-    person = faces.names[faces.photo]
-    timings["faces"] = time.perf_counter() - began
+        champion = load_keras_model(ref.path)
+        kernel = head_kernel(champion)
+    except (CheckpointError, HeadError) as error:
+        raise RetrainError(f"cannot use the champion: {error}") from error
 
     t0 = time.perf_counter()
-    stream_f = trunk_features(trunk, faces.crops, protocol.stream, False, protocol.cache_key, progress=progress)
-    held_f = trunk_features(trunk, faces.crops, protocol.held_out, False, protocol.cache_key, progress=progress)
-    timings["trunk_features"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    stream_champion = embed_features(top, stream_f)
-    held_champion = embed_features(top, held_f)
-    champion_eval = evaluate(stream_champion, person[protocol.stream], held_champion, person[protocol.held_out],
-                             protocol.pairs, protocol.same, protocol.folds, settings.base.seed)
-    timings["evaluate_champion"] = time.perf_counter() - t0
-
-    # Labels: the life cycle over the stream (or a real store), with the champion's own threshold.
-    t0 = time.perf_counter()
-    if store_url:
-        from components.identities import IdentityStore
-        from components.train.data import from_store
-
-        try:
-            data, chosen = from_store(IdentityStore(store_url), params.min_faces, params.min_cohesion)
-        except TrainingDataError as error:
-            raise RetrainError(f"no training labels from the identity store: {error}") from error
-        # The store URL may carry the database password: only its redacted form is logged.
-        train_x_crops, source = data.x, f"identity store {redact_url(store_url)}"
-        # Keyed by the labelled faces too: the same store holds other faces next time (hashed: no password on disk).
-        store_key = ("store:" + hashlib.sha256(store_url.encode()).hexdigest()[:16] + ":"
-                     + hashlib.sha256(np.asarray(data.face_ids).tobytes()).hexdigest()[:16])
-        pair_features = np.stack([
-            trunk_features(trunk, train_x_crops, np.arange(len(train_x_crops)), flip, store_key, progress=progress)
-            for flip in (False, True)], axis=1)
-        quality = None
+    if labels_from == "store":
+        data = store_data(store_url, params, crops_root)
+        timings["read_crops"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        features = pooled_features(champion, data.faces.x, progress)
     else:
-        if oracle_labels:
-            _, identity = np.unique(person[protocol.stream], return_inverse=True)
-        else:
-            identity = stream_labels(stream_champion, faces.photo[protocol.stream], champion_eval["cluster_threshold"],
-                                     settings, params.stream_batches)
-        chosen = select_self_labels(stream_champion, identity, faces.photo[protocol.stream], params.min_faces,
-                                    -1.0 if oracle_labels else params.min_cohesion)
-        rows = protocol.stream[chosen.rows]
-        flipped = trunk_features(trunk, faces.crops, protocol.stream, True, protocol.cache_key, progress=progress)
-        pair_features = np.stack([np.asarray(stream_f)[chosen.rows], np.asarray(flipped)[chosen.rows]], axis=1)
-        data = LabelledFaces(pair_features, chosen.labels, [str(k) for k in chosen.identities], faces.photo[rows],
-                             rows, chosen.cannot_link)
-        source = f"LFW stream (people.txt folds 1-5, {len(protocol.stream)} faces, {params.stream_batches} batches)"
-        if oracle_labels:
-            source = f"DIAGNOSTIC: TRUE folder names of the LFW stream (people.txt folds 1-5), not self-labels"
-        quality = label_quality(chosen.labels, person[rows]) if len(rows) else None
-    timings["labels"] = time.perf_counter() - t0
-    data = LabelledFaces(pair_features, data.labels, data.classes, data.photo_ids, data.face_ids, data.cannot_link)
-    labels_report = {"source": source, "identities": len(chosen.identities), "faces": int(len(chosen.rows)),
-                     "cannot_link_pairs": int(len(chosen.cannot_link)),
-                     "dropped_too_small": sum(1 for v in chosen.dropped.values() if v == "too_small"),
-                     "dropped_loose": sum(1 for v in chosen.dropped.values() if v == "loose"),
-                     "purity_against_truth": quality}
-    log(f"self-labels: {labels_report['identities']} identities, {labels_report['faces']} faces "
-        f"({labels_report['dropped_too_small']} too small, {labels_report['dropped_loose']} loose identities dropped)")
+        data, features = lfw_data(settings, params, champion, kernel, limit_people, progress)
+    timings["features"] = time.perf_counter() - t0
+    faces = data.faces
+    log(f"self-labels: {len(faces.classes)} identities, {len(faces)} faces from {data.source}")
     try:
-        data.check_trainable(min_identities=max(4, params.identities_per_batch // 2), min_faces_per_identity=2)
-        train_rows, val_rows = split_identities(data.labels, params.held_out_share, seed=settings.base.seed + cycle)
-    except TrainingDataError as error:
-        raise RetrainError(f"not enough self-labelled faces to fine-tune: {error}") from error
-    train_data = data.subset(train_rows)
-    val = data.subset(val_rows)
-    val_data = LabelledFaces(np.asarray(val.x[:, 0]), val.labels, val.classes, val.photo_ids, val.face_ids)
+        split = split_evidence(faces.labels, faces.meta["order"], params.future_share, params.unseen_share,
+                               seed=settings.base.seed)
+    except EvidenceError as error:
+        raise RetrainError(f"too little to hold out evidence: {error}") from error
+    folder.mkdir(parents=True, exist_ok=True)
+    labels_md5 = write_labels(folder / "labels.csv", faces, split)
+    noise = label_noise(faces.labels, faces.meta["truth"])
+    labels_report = {"source": data.source, "identities": len(faces.classes), "faces": len(faces),
+                     "cannot_link_pairs": int(len(faces.cannot_link)), "dropped": data.dropped,
+                     "data_version": labels_md5, "against_folder_names": noise}
+    evidence_report = {**split.summary(faces.labels), "future_share": params.future_share,
+                       "unseen_share": params.unseen_share,
+                       "measured_against": "self-labels (the champion's identities), not human names"}
 
-    config = TrainConfig(
-        network=top.name, embedding_dim=int(top.output.shape[-1]), loss=params.loss,
-        identities_per_batch=params.identities_per_batch, faces_per_identity=params.faces_per_identity,
-        steps_per_epoch=params.steps_per_epoch, epochs=params.epochs, learning_rate=params.learning_rate,
-        patience=params.patience, checkpoint_every=max(1, params.steps_per_epoch // 2), augment=False,
-        seed=settings.base.seed + cycle, min_identities=2)
-    comparison_params = {"cycle": cycle, "champion_version": champion_version, "retrain": asdict(params),
-                         "labels": {k: v for k, v in labels_report.items() if k != "purity_against_truth"},
-                         "held_out_pairs": protocol.pairs_source}
-    with start_run(EXPERIMENT, f"cycle-{cycle}", params=comparison_params) as parent:
-        t0 = time.perf_counter()
-        try:
-            result = train(train_data, val_data, config, workdir / "train", network=top, export_model=champion_model,
-                           augment=flip_choice, experiment=EXPERIMENT, run_name=f"cycle-{cycle}-fine-tune",
-                           version_tags={"origin": "fine-tune on TRUE labels (diagnostic)" if oracle_labels
-                                         else "self-labelled fine-tune", "base_version": champion_version,
-                                         "cycle": cycle}, nested=True, log=log)
-        except CheckpointError as error:
-            raise RetrainError(f"fine-tuning refused: {error}; the champion (version {champion_version}) is kept") from error
-        timings["fine_tune"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train = faces.subset(split.train)
+    config = head_config(params, settings.base.seed)
+    try:
+        fit = fit_head(features[split.train], train.labels, kernel, config, cannot_link=train.cannot_link)
+    except HeadError as error:
+        raise RetrainError(f"cannot re-fit the head: {error}") from error
+    timings["fit"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        challenger_eval = evaluate(embed_features(top, stream_f), person[protocol.stream], embed_features(top, held_f),
-                                   person[protocol.held_out], protocol.pairs, protocol.same, protocol.folds,
-                                   settings.base.seed)
-        timings["evaluate_challenger"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    champion_eval = compare(project(features[:, 0], kernel), faces.labels, split, settings.base.seed)
+    identical = bool(np.array_equal(fit.kernel, kernel))
+    challenger_eval = None if identical else compare(project(features[:, 0], fit.kernel), faces.labels, split,
+                                                     settings.base.seed)
+    timings["compare"] = time.perf_counter() - t0
+    if identical:
+        # Training that returns its starting weights is no model: nothing to compare or register.
+        decision = {"decision": "no_model", "metric": params.promote_metric, "margin": params.promote_margin,
+                    "reason": "the re-fitted head equals the champion's: no new model; champion kept"}
+    else:
         decision = decide(champion_eval, challenger_eval, params.promote_metric, params.promote_margin)
-        # The challenger is a model only with its thresholds (components.embed.thresholds), fitted
-        # by this very evaluation, the protocol that calibrated the pretrained model's params.yaml:
-        # verify = the mean of the held-out pairs' fold thresholds (each fit on the other folds);
-        # cluster = the Chinese Whispers threshold with the best BCubed F on the folds 1-5 people;
-        # assign = cluster, as params.yaml does (the verification threshold lets identities absorb
-        # strangers when streaming). Set before any alias points at the version.
-        set_thresholds(result.version, Thresholds(verify=challenger_eval["verification_threshold"],
-                                                  cluster=challenger_eval["cluster_threshold"],
-                                                  assign=challenger_eval["cluster_threshold"]),
-                       evidence={"data": f"retrain cycle {cycle}: LFW " + protocol.pairs_source
-                                         + " (verify); people.txt folds 1-5 people (cluster)",
-                                 "verify": {"rule": "mean of the fold thresholds", "accuracy": challenger_eval["accuracy"],
-                                            "auc": challenger_eval["auc"]},
-                                 "cluster": {"rule": "best BCubed F of Chinese Whispers (folds 1-5 people)",
-                                             "held_out_bcubed_f1": challenger_eval["bcubed_f1"]},
-                                 "assign": "= cluster (as params.yaml for the pretrained model)",
-                                 "mlflow_run_id": parent.info.run_id})
-        set_version_tags(result.version, {**{f"{HELD_OUT_PREFIX}{m}": challenger_eval[m] for m in METRICS},
-                                          f"{HELD_OUT_PREFIX}protocol": protocol.pairs_source})
-        set_alias("challenger", result.version)
-        if decision["decision"] == "promote":
-            promote(result.version, reason=decision["reason"], by=f"faces retrain (cycle {cycle})")
-        decision.update({"cycle": cycle, "champion_version": champion_version, "champion_before": champion_version,
-                         "challenger_version": result.version,
-                         "champion_after": result.version if decision["decision"] == "promote" else champion_version})
-        log(f"cycle {cycle}: {decision['reason']}")
+    log(f"{key}: {decision['reason']}")
 
-        side_by_side = [{"metric": m, "champion": champion_eval[m], "challenger": challenger_eval[m],
-                         "delta": round(challenger_eval[m] - champion_eval[m], 5)} for m in METRICS]
-        mlflow.log_metrics({**{f"champion_{m}": champion_eval[m] for m in METRICS},
-                            **{f"challenger_{m}": challenger_eval[m] for m in METRICS},
-                            **{f"delta_{m}": row["delta"] for m, row in zip(METRICS, side_by_side)},
-                            "promoted": float(decision["decision"] == "promote")})
-        mlflow.set_tags({"decision": decision["decision"], "challenger_version": str(result.version),
-                         "champion_version": str(champion_version)})
+    run_params = {"request_key": key, "champion_version": champion_version, "labels_from": labels_from,
+                  "retrain": asdict(params), "labels": {k: v for k, v in labels_report.items()
+                                                        if k not in ("against_folder_names", "dropped")},
+                  "evidence": evidence_report}
+    challenger_version = None
+    with start_run(EXPERIMENT, f"retrain {key}", params=run_params,
+                   tags={"faces.data_version": f"labels-md5:{labels_md5}"}) as run:
+        mlflow.log_artifact(str(folder / "labels.csv"))
+        side_by_side = [{"metric": m, "champion": champion_eval[m],
+                         "challenger": None if challenger_eval is None else challenger_eval[m],
+                         "delta": None if challenger_eval is None else round(challenger_eval[m] - champion_eval[m], 5)}
+                        for m in METRICS]
+        metrics = {f"champion_{m}": champion_eval[m] for m in METRICS}
+        metrics["head_moved"] = fit.moved
+        if challenger_eval is not None:
+            metrics.update({f"challenger_{m}": challenger_eval[m] for m in METRICS})
+            metrics.update({f"delta_{row['metric']}": row["delta"] for row in side_by_side})
+            for kind in ("future", "unseen"):
+                metrics.update({f"{who}_{kind}_{m}": value[kind][m] for who, value in
+                                (("champion", champion_eval), ("challenger", challenger_eval))
+                                for m in ("accuracy", "auc", "tar_at_far_1e-3")})
+        metrics["promoted"] = float(decision["decision"] == "promote")
+        mlflow.log_metrics(metrics)
+        for entry in fit.history:
+            mlflow.log_metric("head_loss", entry["loss"], step=entry["step"])
         log_json("comparison.json", side_by_side)
-        log_json("decision.json", decision)
-        found = (protocol.pairs >= 0).all(axis=1)
-        fig = roc_figure(challenger_eval["_scores"][found], protocol.same[found], f"challenger v{result.version}",
-                         {f"champion v{champion_version}": (champion_eval["_scores"][found], protocol.same[found])})
-        log_figure(fig, "roc_champion_vs_challenger.png")
-        import matplotlib.pyplot as plt
+        if challenger_eval is not None:
+            fig = roc_figure(challenger_eval["_scores"], split.same, "challenger (re-fitted head)",
+                             {f"champion v{champion_version}": (champion_eval["_scores"], split.same)})
+            log_figure(fig, "roc_champion_vs_challenger.png")
+            import matplotlib.pyplot as plt
 
-        plt.close(fig)
-        parent_id = parent.info.run_id
+            plt.close(fig)
+
+            # Registered only now, after the decision, once per request key (checked at the start).
+            path = folder / "challenger.keras"
+            with_head(champion, fit.kernel).save(path)
+            thresholds = Thresholds(verify=challenger_eval["verification_threshold"],
+                                    cluster=challenger_eval["cluster_threshold"],
+                                    assign=challenger_eval["cluster_threshold"])
+            tags = {KEY_TAG: key, "origin": "self-labelled head re-fit", "base_version": champion_version,
+                    "faces.data_version": f"labels-md5:{labels_md5}", "decision": decision["decision"],
+                    "decision_reason": decision["reason"],
+                    **{f"{HELD_OUT_PREFIX}{m}": challenger_eval[m] for m in METRICS},
+                    f"{HELD_OUT_PREFIX}protocol": "self-labelled evidence of the identity store"
+                    if labels_from == "store" else "self-labelled evidence of the LFW stream"}
+            challenger_version = register_embedder(path, run.info.run_id, tags=tags, thresholds=thresholds)
+            path.unlink()
+            set_alias("challenger", challenger_version)
+            if decision["decision"] == "promote":
+                promote(challenger_version, reason=decision["reason"], by=f"faces retrain ({key})")
+        mlflow.set_tags({"decision": decision["decision"], "champion_version": str(champion_version),
+                         "challenger_version": str(challenger_version)})
+        decision.update({"champion_before": champion_version, "challenger_version": challenger_version,
+                         "champion_after": challenger_version if decision["decision"] == "promote"
+                         else champion_version})
+        log_json("decision.json", decision)
+        run_id = run.info.run_id
 
     for item in (champion_eval, challenger_eval):
-        item.pop("_scores", None)
+        if item is not None:
+            item.pop("_scores", None)
     timings["total"] = time.perf_counter() - began
-    outcome = {
-        "cycle": cycle, "decision": decision, "labels": labels_report,
-        "training": {"steps": result.step, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                     "held_out_self_labels_before": result.initial, "held_out_self_labels": result.best, "history": result.history, "train_faces": len(train_data),
-                     "train_identities": len(train_data.classes), "val_identities": len(val_data.classes),
-                     "trainable_params": int(sum(np.prod(v.shape) for v in top.trainable_weights))},
-        "champion": {"version": champion_version, **{k: v for k, v in champion_eval.items() if k != "calibration_curve"}},
-        "challenger": {"version": result.version, **{k: v for k, v in challenger_eval.items() if k != "calibration_curve"}},
-        "held_out_pairs": protocol.pairs_source,
-        "mlflow": {"cycle_run_id": parent_id, "train_run_id": result.run_id},
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
-    }
-    tmp = workdir / ".decision.json.tmp"
-    tmp.write_text(json.dumps(outcome, indent=2))
-    os.replace(tmp, workdir / "decision.json")
+    outcome = {"key": key, "decision": decision, "labels": labels_report, "evidence": evidence_report,
+               "training": {"method": "head re-fit", "moved": round(fit.moved, 5), "history": fit.history,
+                            **asdict(config)},
+               "champion": {"version": champion_version, **champion_eval},
+               "challenger": None if challenger_eval is None else {"version": challenger_version, **challenger_eval},
+               "mlflow": {"run_id": run_id}, "seconds": {k: round(v, 1) for k, v in timings.items()}}
+    tmp = folder / ".outcome.json.tmp"
+    tmp.write_text(json.dumps(outcome, indent=2, default=float))
+    os.replace(tmp, done)
     return outcome
-
-
-def run_cycles(settings: Settings, out: Path, workdir: Path, cycles: int = 1, store_url: str | None = None,
-               limit_people: int | None = None, root: Path | None = None, progress: bool = True,
-               command: str = "faces retrain", oracle_labels: bool = False, log=print) -> dict:
-    """``faces retrain``: ``cycles`` cycles, each fine-tuning the champion of the moment; JSON to ``out``."""
-    from components.datasets.lfw import LFW_ROOT_DEFAULT
-    from components.track import tracking_uri
-
-    # The held-out evaluation is LFW's in both modes; the stream is LFW's unless --db gives a store.
-    protocol = lfw_protocol(settings, root or LFW_ROOT_DEFAULT, limit_people=limit_people, progress=progress)
-    results = []
-    for cycle in range(1, cycles + 1):
-        results.append(retrain_cycle(settings, Path(workdir), cycle=cycle, protocol=protocol,
-                                     store_url=store_url, params=settings.retrain, oracle_labels=oracle_labels,
-                                     progress=progress, log=log))
-    first, last = results[0], results[-1]
-    summary = {
-        "benchmark": "retrain",
-        "command": command,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "note": "shared 2-core machine; timings are noisy"},
-        "protocol": ("stream = main faces of LFW people.txt folds 1-5 (labels from the identity life cycle, never "
-                     "from folder names); evaluation = " + protocol.pairs_source + " (10-fold protocol restricted to "
-                     "those folds: threshold fit on the other folds) and Chinese Whispers clustering of folds 6-10 "
-                     "people (threshold calibrated per model on folds 1-5 people by BCubed F)"),
-        "tracking_uri": tracking_uri(),
-        "params": asdict(settings.retrain),
-        "baseline": {"name": "pretrained dlib-ResNet (champion before any retraining)", **{
-            m: first["champion"][m] for m in (*METRICS, "accuracy_std", "cluster_threshold")}},
-        "table": [{"cycle": r["cycle"], "model": f"v{r['challenger']['version']} (fine-tuned from v{r['champion']['version']})",
-                   **{m: r["challenger"][m] for m in METRICS},
-                   **{f"delta_{m}": round(r["challenger"][m] - r["champion"][m], 5) for m in METRICS},
-                   "decision": r["decision"]["decision"]} for r in results],
-        "cycles": results,
-        "final_champion_version": last["decision"]["champion_after"],
-    }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=float))
-    os.replace(tmp, out)
-    return summary

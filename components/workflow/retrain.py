@@ -1,12 +1,12 @@
 """``face_retrain``: one self-labelled retraining cycle, then tell serving about a new champion.
 
-:func:`retrain` calls :func:`components.train.retrain.retrain_cycle` (self-label from
-the identity store, or from the LFW stream, fine-tune the champion, evaluate both on
-held-out LFW people, register the challenger, promote it only when it wins by the
-margin) with the trigger form's overrides of params.yaml's ``retrain:`` section. The
-outcome is written under ``<work area>/retrain/<key>.json``, keyed by the DAG run, so a
-cleared and re-run task returns the recorded outcome instead of registering a second
-model version (the cycle itself also resumes from its checkpoints when killed).
+:func:`retrain` calls :func:`components.train.retrain.retrain_cycle` (self-labels and
+held-out evidence from the identity store, or from the LFW stream; re-fit the champion's
+head; compare both on the evidence; register the challenger after the decision; promote
+it only when it wins by the margin) with the trigger form's overrides of params.yaml's
+``retrain:`` section. The outcome is written under ``<work area>/retrain/<key>.json``
+and the registered version carries the key, so a cleared, retried or killed-and-rerun
+task registers no second version.
 
 :func:`reload_serving` POSTs ``/reload`` to the BentoML service at ``FACES_SERVING_URL``
 (header ``X-API-Key: $FACES_API_KEY``) when the champion changed; the service also polls
@@ -22,11 +22,11 @@ import urllib.request
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+from components.train.retrain import LABEL_SOURCES
 from components.workflow import WorkflowError
 from components.workflow import workspace as ws
 from components.workflow.ingest import _settings, _workspace
 
-LABEL_SOURCES = ("store", "lfw")
 
 
 def retrain_params(settings, overrides: dict | None):
@@ -66,36 +66,37 @@ def retrain(key: str, *, overrides: dict | None = None, labels_from: str = "stor
     """Run one retraining cycle (or return the one this key already ran).
 
     Args:
-        key: what identifies this request (the DAG run id); keys the outcome.
+        key: what identifies this request (the DAG run); keys the outcome and the
+            registered version, so a cleared or retried task registers nothing new.
         overrides: ``retrain:`` parameters to change for this cycle (None / "" keep params.yaml's).
-        labels_from: ``store``: self-labels from the identity store's identities;
-            ``lfw``: from the LFW stream run through the identity life cycle.
-        limit_people: an LFW subset for the held-out evaluation (and the stream), for quick checks.
+        labels_from: ``store``: self-labels and evidence from the identity store;
+            ``lfw``: from the LFW stream run through the identity life cycle (a benchmark option).
+        limit_people: an LFW subset (``labels_from="lfw"``), for quick checks.
         settings: parameters.
 
     Returns:
         URI of ``retrain/<key>.json``: the cycle's outcome (``decision``, both models'
-        figures, MLflow run ids, model versions).
+        figures, the evidence, MLflow run id, model versions).
 
     Raises:
-        WorkflowError: bad parameters, or the cycle could not run (too few self-labels, no
-            champion); the champion is left as it was.
+        WorkflowError: bad parameters (before any work), or the cycle could not run (too
+            few self-labels, no champion); the champion is left as it was.
     """
     from components.train.retrain import RetrainError, retrain_cycle
 
     settings = settings or _settings()
-    workspace = _workspace(settings)
     if labels_from not in LABEL_SOURCES:
-        raise WorkflowError(f"labels_from must be one of {LABEL_SOURCES}, got {labels_from!r}")
+        raise WorkflowError(f"labels_from must be one of {', '.join(LABEL_SOURCES)}, got {labels_from!r}")
     params = retrain_params(settings, overrides)  # a bad trigger parameter fails here, before any work
+    workspace = _workspace(settings)
     safe_key = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
     out_uri = ws.join(workspace.root, "retrain", f"{safe_key}.json")
     if ws.exists(out_uri):
         return out_uri  # this request already ran: no second model version
     try:
-        outcome = retrain_cycle(settings, _local_dir(workspace, settings, "retrain", safe_key), cycle=1,
-                                store_url=workspace.store_url if labels_from == "store" else None,
-                                limit_people=limit_people, params=params, progress=False)
+        outcome = retrain_cycle(settings, _local_dir(workspace, settings, "retrain"), key=key, labels_from=labels_from,
+                                store_url=workspace.store_url, limit_people=limit_people, params=params,
+                                progress=False)
     except RetrainError as error:
         raise WorkflowError(f"retraining did not run: {error}") from error
     outcome = {**outcome, "request": {"key": key, "labels_from": labels_from, "limit_people": limit_people,

@@ -135,8 +135,8 @@ def test_retrain_overrides_are_checked(workspace_env):
     from components.workflow.retrain import retrain_params
 
     settings = load_settings()
-    params = retrain_params(settings, {"epochs": "2", "learning_rate": 0.001, "loss": None, "train_from": ""})
-    assert (params.epochs, params.learning_rate, params.loss) == (2, 0.001, settings.retrain.loss)
+    params = retrain_params(settings, {"steps": "2", "learning_rate": 0.001, "loss": None, "anchor": ""})
+    assert (params.steps, params.learning_rate, params.loss) == (2, 0.001, settings.retrain.loss)
     with pytest.raises(WorkflowError, match="epochz"):
         retrain_params(settings, {"epochz": 1})
 
@@ -148,21 +148,27 @@ def test_a_bad_trigger_parameter_fails_before_any_work(workspace_env, tmp_path, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     settings = load_settings()
-    for overrides, named in (({"promote_metric": "acuracy"}, "accuracy, auc"), ({"loss": "tripplet"}, "triplet"),
-                             ({"learning_rate": -1}, "learning_rate"), ({"epochs": "two"}, "epochs")):
+    for overrides, named in (({"promote_metric": "acuracy"}, "accuracy, auc"), ({"loss": "tripplet"}, "cosface"),
+                             ({"learning_rate": -1}, "learning_rate"), ({"steps": "two"}, "steps"),
+                             ({"future_share": 1.5}, "future_share")):
         with pytest.raises(WorkflowError, match=named):
             retrain("bad-params", overrides=overrides, settings=settings)
     assert not (tmp_path / "mlflow").exists()  # no registry was even opened, nothing trained or registered
 
 
 def test_the_trigger_form_offers_only_valid_choices():
+    """The DAG file names the allowed metrics and losses without importing the code that checks them."""
     import ast
     from pathlib import Path
 
-    from components.train.losses import LOSSES
+    from components.train.head import HEAD_LOSSES
     from components.train.retrain import METRICS
 
     source = (Path(__file__).resolve().parents[2] / "dags" / "face_retrain.py").read_text()
-    enums = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.keyword) and node.arg == "enum"]
-    offered = [set(ast.literal_eval(node.value)) - {None} for node in enums]
-    assert set(METRICS) in offered and set(LOSSES) in offered
+    constants = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                 and node.targets[0].id in ("METRICS", "HEAD_LOSSES", "OVERRIDES")}
+    assert constants["METRICS"] == METRICS and constants["HEAD_LOSSES"] == HEAD_LOSSES
+    from components.settings import RetrainParams
+
+    assert set(constants["OVERRIDES"]) <= set(RetrainParams.__dataclass_fields__)

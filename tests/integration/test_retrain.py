@@ -1,17 +1,19 @@
-"""`faces retrain` end to end on a small LFW subset, against a real MLflow (SQLite, temp dir).
+"""`faces retrain` end to end from a real identity store, against a real MLflow (SQLite, temp dir).
 
-The subset: 8 people of people.txt folds 1-5 (the stream) and 8 of folds 6-10 (held
-out), 12 photos each, through the real detector, the real pretrained embedder, the
-identity life cycle and the training loop.
+The store: 12 LFW people with 10+ photos, 10 photos each, through `faces run` (real
+MTCNN, the real pretrained embedder, the identity life cycle, crops on disk). The cycle
+takes its self-labels and its held-out evidence from that store alone.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -21,6 +23,49 @@ from tests.integration.test_mlflow_server import postgres_database  # noqa: F401
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = PROJECT_ROOT / "models" / "face_recognition_net.keras"
+LFW = PROJECT_ROOT / "data" / "lfw"
+PEOPLE = ("Colin_Powell", "Tony_Blair", "Gerhard_Schroeder", "Hugo_Chavez", "Ariel_Sharon", "Donald_Rumsfeld",
+          "Jacques_Chirac", "Jean_Chretien", "John_Ashcroft", "Junichiro_Koizumi", "Serena_Williams", "Vladimir_Putin")
+
+
+def _needs_data():
+    if not (LFW / "people.txt").is_file() or not MODEL.is_file():
+        pytest.skip("LFW or the pretrained model missing (make setup)")
+
+
+def _faces(args, uri, env_extra=None):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _params(folder, **retrain) -> str:
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["retrain"].update(retrain)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def _photos(folder, people=PEOPLE, per_person=10):
+    for person in people:
+        (folder / person).mkdir(parents=True)
+        for number in range(1, per_person + 1):
+            name = f"{person}_{number:04d}.jpg"
+            (folder / person / name).symlink_to(LFW / "images_deepfunneled" / person / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store built by `faces run` (one per module: MTCNN over 120 photos)."""
+    _needs_data()
+    root = tmp_path_factory.mktemp("retrain-store")
+    out = root / "out"
+    done = _faces(["run", "--input", str(_photos(root / "photos")), "--out", str(out), "--folder-labels", "--no-progress"],
+                  f"sqlite:///{root / 'unused.db'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"url": f"sqlite:///{out / 'faces.db'}", "out": out}
 
 
 @pytest.fixture
@@ -30,65 +75,99 @@ def mlflow_store(tmp_path, monkeypatch):
     return uri
 
 
-def _params(tmp_path, **retrain) -> str:
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["retrain"].update({"min_faces": 3, "min_cohesion": 0.8, "identities_per_batch": 4, "faces_per_identity": 3,
-                              "steps_per_epoch": 4, "epochs": 2, "held_out_share": 0.25, "stream_batches": 4, **retrain})
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return str(path)
-
-
-def _faces(args, tmp_path, uri):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def test_retrain_cycle_registers_a_challenger_and_records_the_decision(tmp_path, mlflow_store):
-    if not (PROJECT_ROOT / "data" / "lfw" / "people.txt").is_file() or not MODEL.is_file():
-        pytest.skip("LFW or the pretrained model missing (make setup)")
+def test_a_cycle_from_the_store_registers_one_new_model_after_its_decision(tmp_path, store, mlflow_store):
     from mlflow import MlflowClient
 
     from components.track.registry import MODEL_NAME
 
-    # A margin no model can clear: the champion must stay, whatever the challenger scores.
-    args = ["--params", _params(tmp_path, promote_margin=1.0), "retrain", "--limit-people", "8", "--no-progress",
-            "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "retrain.json")]
-    done = _faces(args, tmp_path, mlflow_store)
+    args = ["--params", _params(tmp_path), "retrain", "--db", store["url"], "--key", "run-1", "--no-progress",
+            "--workdir", str(tmp_path / "work")]
+    done = _faces(args, mlflow_store)
     assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads((tmp_path / "work" / "run-1" / "outcome.json").read_text())
 
+    # Labels and evidence come from the store: future photos and people held out whole.
+    assert outcome["labels"]["source"].startswith("identity store sqlite:///")
+    assert outcome["labels"]["identities"] >= 8
+    noise = outcome["labels"]["against_folder_names"]
+    assert noise["faces_with_folder_names"] >= 80 and noise["pairwise_precision"] > 0.9
+    evidence = outcome["evidence"]
+    assert evidence["future_faces"] > 0 and evidence["unseen_identities"] >= 2 and evidence["future_pairs"] > 0
+    with open(tmp_path / "work" / "run-1" / "labels.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["split"] for row in rows} == {"train", "future", "unseen"}
+    assert all(len(row["sha256"]) == 64 for row in rows)
+
+    # The challenger is a different model: the head moved, and the registered file's head differs.
+    assert outcome["training"]["moved"] > 0.01
     client = MlflowClient(tracking_uri=mlflow_store, registry_uri=mlflow_store)
-    assert int(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == 1  # the pretrained baseline
-    challenger = client.get_model_version_by_alias(MODEL_NAME, "challenger")
-    assert int(challenger.version) == 2
-    assert challenger.tags["base_version"] == "1" and challenger.tags["origin"] == "self-labelled fine-tune"
+    decision = outcome["decision"]
+    assert decision["champion_before"] == 1 and decision["challenger_version"] == 2
+    challenger = client.get_model_version(MODEL_NAME, "2")
+    assert challenger.tags["faces.retrain.key"] == "run-1" and challenger.tags["base_version"] == "1"
+    assert challenger.tags["faces.data_version"] == f"labels-md5:{outcome['labels']['data_version']}"
+    from components.track.registry import resolve_version
+    from components.train.head import head_kernel
+    from components.train.loop import load_keras_model
 
-    summary = json.loads((tmp_path / "retrain.json").read_text())
-    cycle = summary["cycles"][0]
-    assert cycle["decision"]["decision"] == "keep" and cycle["decision"]["champion_after"] == 1
-    for side in ("champion", "challenger"):
-        assert 0.5 < cycle[side]["accuracy"] <= 1.0 and 0.0 <= cycle[side]["bcubed_f1"] <= 1.0
-    assert cycle["labels"]["identities"] >= 4
+    kernel_1 = head_kernel(load_keras_model(resolve_version(1, require_thresholds=False).path))
+    kernel_2 = head_kernel(load_keras_model(resolve_version(2).path))
+    assert not np.allclose(kernel_1, kernel_2)
+    # Its thresholds are its own, fitted on the evidence.
+    assert float(challenger.tags["faces.threshold.verify"]) == pytest.approx(
+        outcome["challenger"]["verification_threshold"], abs=1e-4)
 
-    # The comparison and the decision are in the cycle's MLflow run, side by side.
-    run = client.get_run(cycle["mlflow"]["cycle_run_id"])
-    assert run.data.tags["decision"] == "keep"
-    assert {"champion_accuracy", "challenger_accuracy", "delta_accuracy", "champion_bcubed_f1"} <= set(run.data.metrics)
-    local = client.download_artifacts(run.info.run_id, "decision.json", str(tmp_path))
-    assert json.loads(open(local).read())["challenger_version"] == 2
-    train_run = client.get_run(cycle["mlflow"]["train_run_id"])
-    assert train_run.data.tags["mlflow.parentRunId"] == run.info.run_id
-    artifacts = {item.path for item in client.list_artifacts(train_run.info.run_id)}
-    assert {"roc.png", "tsne.png", "history.json"} <= artifacts
+    # Both models side by side in the cycle's MLflow run, the decision beside them.
+    run = client.get_run(outcome["mlflow"]["run_id"])
+    assert run.data.tags["decision"] == decision["decision"]
+    assert {"champion_accuracy", "challenger_accuracy", "delta_accuracy", "champion_future_auc",
+            "challenger_unseen_auc"} <= set(run.data.metrics)
+    assert run.data.tags["faces.data_version"] == f"labels-md5:{outcome['labels']['data_version']}"
+    assert {"labels.csv", "comparison.json", "decision.json", "roc_champion_vs_challenger.png"} <= {
+        item.path for item in client.list_artifacts(run.info.run_id)}
+    champion = int(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
+    assert champion == (2 if decision["decision"] == "promote" else 1)
+    assert decision["champion_after"] == champion
 
-    # Running it again changes nothing: the cycle from this champion already ran.
-    again = _faces(args, tmp_path, mlflow_store)
+    # The same request again (a cleared task): the recorded outcome, no second version.
+    again = _faces(args, mlflow_store)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 2
+    # The outcome lost (killed after registering): the version is found by its key, not registered again.
+    (tmp_path / "work" / "run-1" / "outcome.json").unlink()
+    again = _faces(args, mlflow_store)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 2
 
 
-def test_damaged_champion_is_refused_and_kept(tmp_path, mlflow_store):
+def test_the_gate_keeps_the_champion_when_the_challenger_does_not_clear_the_margin(tmp_path, store, mlflow_store):
+    """A margin above what any change of accuracy can give: the champion must stay, and says why."""
+    from components.track.registry import alias_version
+
+    args = ["--params", _params(tmp_path, promote_margin=0.5), "retrain", "--db", store["url"], "--key", "strict",
+            "--no-progress", "--workdir", str(tmp_path / "work")]
+    done = _faces(args, mlflow_store)
+    assert done.returncode == 0, done.stderr[-3000:]
+    decision = json.loads(done.stdout)["decision"]
+    assert decision["decision"] == "keep" and "champion kept" in decision["reason"]
+    assert alias_version("champion") == 1 and alias_version("challenger") == 2
+
+
+def test_too_small_a_store_is_refused_before_anything_is_registered(tmp_path, mlflow_store):
+    _needs_data()
+    out = tmp_path / "out"
+    done = _faces(["run", "--input", str(_photos(tmp_path / "photos", PEOPLE[:2], 6)), "--out", str(out),
+                   "--no-progress"], mlflow_store)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = _faces(["retrain", "--db", f"sqlite:///{out / 'faces.db'}", "--no-progress",
+                   "--workdir", str(tmp_path / "work")], mlflow_store)
+    assert done.returncode == 2 and "error: too little to hold out evidence" in done.stderr
+    from components.track.registry import list_versions
+
+    assert [info.version for info in list_versions()] == [1]  # the pretrained baseline only
+
+
+def test_damaged_champion_is_refused_and_kept(tmp_path, mlflow_store, store):
     from components import track
     from components.settings import load_settings
     from components.track import registry
@@ -99,8 +178,8 @@ def test_damaged_champion_is_refused_and_kept(tmp_path, mlflow_store):
     with track.start_run("retrain", "damaged") as run:
         version = registry.register_embedder(damaged, run.info.run_id)
     registry.set_alias("champion", version)
-    with pytest.raises(RetrainError, match="cannot load the champion.*not a loadable Keras model"):
-        retrain_cycle(load_settings(), tmp_path / "work", limit_people=8, progress=False)
+    with pytest.raises(RetrainError, match="cannot use the champion.*not a loadable Keras model"):
+        retrain_cycle(load_settings(), tmp_path / "work", key="damaged", store_url=store["url"], progress=False)
     assert registry.alias_version("champion") == version
     assert registry.alias_version("challenger") is None
 
@@ -120,32 +199,19 @@ def test_retrain_from_a_password_protected_store_writes_the_password_nowhere(tmp
                                                                               postgres_database):
     """Self-labels from an identity store in PostgreSQL reached with a password: the cycle runs, and the
     password is in no MLflow param, tag, metric or artifact, nor in the outputs."""
-    if not (PROJECT_ROOT / "data" / "lfw" / "people.txt").is_file() or not MODEL.is_file():
-        pytest.skip("LFW or the pretrained model missing (make setup)")
+    _needs_data()
     secret = "pw-" + os.urandom(6).hex()
-    store = f"postgresql+psycopg2://postgres:{secret}@127.0.0.1:5432/{postgres_database}"  # trust auth ignores it
-    photos = tmp_path / "photos"
-    people = ("Colin_Powell", "Tony_Blair", "Gerhard_Schroeder", "Hugo_Chavez", "Ariel_Sharon", "Donald_Rumsfeld")
-    for person in people:
-        (photos / person).mkdir(parents=True)
-        for number in range(1, 7):
-            name = f"{person}_{number:04d}.jpg"
-            (photos / person / name).symlink_to(PROJECT_ROOT / "data" / "lfw" / "images_deepfunneled" / person / name)
+    url = f"postgresql+psycopg2://postgres:{secret}@127.0.0.1:5432/{postgres_database}"  # trust auth ignores it
     out = tmp_path / "out"
-    os.environ["FACES_CROPS_ROOT"] = str(out)  # relative crop paths of a server database start here
-    try:
-        done = _faces(["run", "--input", str(photos), "--out", str(out), "--db", store, "--no-progress"], tmp_path,
-                      mlflow_store)
-        assert done.returncode == 0, done.stderr[-3000:]
-        args = ["--params", _params(tmp_path, min_faces=3, promote_margin=1.0), "retrain", "--db", store,
-                "--limit-people", "8", "--no-progress", "--workdir", str(tmp_path / "work"),
-                "--out", str(tmp_path / "retrain.json")]
-        done = _faces(args, tmp_path, mlflow_store)
-    finally:
-        del os.environ["FACES_CROPS_ROOT"]
+    crops = {"FACES_CROPS_ROOT": str(out)}  # relative crop paths of a server database start here
+    done = _faces(["run", "--input", str(_photos(tmp_path / "photos", PEOPLE[:8], 8)), "--out", str(out),
+                   "--db", url, "--no-progress"], mlflow_store, crops)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = _faces(["retrain", "--db", url, "--key", "pg", "--no-progress", "--workdir", str(tmp_path / "work")],
+                  mlflow_store, crops)
     assert done.returncode == 0, done.stderr[-3000:]
     assert secret not in done.stdout + done.stderr
-    summary = json.loads((tmp_path / "retrain.json").read_text())
-    assert summary["cycles"][0]["labels"]["source"].startswith("identity store postgresql+psycopg2://postgres:***@")
+    outcome = json.loads((tmp_path / "work" / "pg" / "outcome.json").read_text())
+    assert outcome["labels"]["source"].startswith("identity store postgresql+psycopg2://postgres:***@")
     leaks = [str(path) for path in tmp_path.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
     assert leaks == [], f"the password was written to {leaks}"  # the MLflow database and artifacts included
