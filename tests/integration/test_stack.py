@@ -3,9 +3,10 @@
 The stack script (what ``make up`` / ``make down`` run) starts SeaweedFS, MLflow, the
 BentoML service and Airflow (api-server, scheduler, dag-processor); every health
 endpoint must answer. Against the running servers, a ``face_ingest`` run over a few
-LFW photos (uploaded to the stack's S3) and a ``face_retrain`` run are triggered
-through Airflow's REST API, as the UI's trigger button does, and must succeed with
-their runs and the new model version in the MLflow server. ``down`` must then leave
+LFW photos (uploaded to the stack's S3), a ``face_recluster`` and a ``face_retrain`` run
+with the trigger form's defaults (labels from that store) are triggered through Airflow's
+REST API, as the UI's trigger button does, and must succeed with their runs and the new
+model version in the MLflow server; the promoted version then reaches serving. ``down`` must then leave
 nothing running.
 """
 
@@ -33,10 +34,13 @@ STACK = REPO / "deploy" / "local" / "stack.py"
 LFW = REPO / "data" / "lfw" / "images_deepfunneled"
 # Two people, three photos each: two identities' worth of faces, small enough for CI.
 PEOPLE = {"Aaron_Peirsol": 3, "Laura_Bush": 3}
-# A retraining cycle small enough for 2 cores: the LFW stream of a few people, one short epoch.
-RETRAIN_CONF = {"labels_from": "lfw", "limit_people": 10, "epochs": 1, "steps_per_epoch": 2, "min_faces": 2}
+# The store a retraining cycle learns from: 12 people, 8 photos each (identities of 5+ faces give labels).
+RETRAIN_PEOPLE = {name: 8 for name in ("Colin_Powell", "Tony_Blair", "Gerhard_Schroeder", "Hugo_Chavez",
+                                       "Ariel_Sharon", "Donald_Rumsfeld", "Jacques_Chirac", "Jean_Chretien",
+                                       "John_Ashcroft", "Junichiro_Koizumi", "Serena_Williams", "Vladimir_Putin")}
 
-SERVICES = ("s3", "mlflow", "serving", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
+SERVICES = ("s3", "mlflow", "serving", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
+            "people-page")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -204,11 +208,14 @@ def test_up_brings_every_service_up(stack):
     assert http("GET", f"{stack.url('mlflow')}/health")[0] == 200
     assert http("GET", f"{stack.url('serving')}/readyz")[0] == 200
     assert http("GET", f"{stack.url('s3')}/healthz")[0] == 200
+    assert http("GET", f"{stack.url('ui')}/healthz")[0] == 200
+    status, page = http("GET", f"{stack.url('ui')}/")  # the people page sends a stranger to sign in first
+    assert status == 200 and 'action="/login"' in page
     assert stack.minio().bucket_exists(stack.config.bucket)
     # Where the admin password is, as `up` printed; it opens the REST API.
     assert stack.airflow_token()
     # Every service listens on loopback only, on the port it was given.
-    for name in ("airflow", "mlflow", "serving", "s3"):
+    for name in ("airflow", "mlflow", "serving", "s3", "ui"):
         with socket.create_connection(("127.0.0.1", stack.config.ports[name]), timeout=5):
             pass
 
@@ -322,12 +329,12 @@ def wait_for_run(stack: Stack, dag_id: str, run_id: str, timeout_s: float) -> di
     return summary
 
 
-def upload_batch(stack: Stack, prefix: str) -> int:
+def upload_batch(stack: Stack, prefix: str, people: dict[str, int] = PEOPLE) -> int:
     if not LFW.is_dir():
         pytest.skip("LFW is not restored (make setup)")
     client = stack.minio()
     count = 0
-    for person, n in PEOPLE.items():
+    for person, n in people.items():
         for photo in sorted((LFW / person).iterdir())[:n]:
             client.fput_object(stack.config.bucket, f"{prefix}/{person}/{photo.name}", str(photo),
                                content_type="image/jpeg")
@@ -361,25 +368,43 @@ def test_face_ingest_triggered_through_the_rest_api(stack):
     assert photos == 6
 
 
-def test_face_retrain_triggered_through_the_rest_api(stack):
-    """One tiny retraining cycle; its run and a new model version appear in the MLflow server."""
+def test_face_retrain_from_the_store_with_the_trigger_forms_defaults(stack):
+    """Photos uploaded to S3 -> face_ingest -> face_recluster -> face_retrain triggered with the form's
+    defaults (labels from the store): the cycle learns from the store's identities, registers one new
+    model that differs from the champion, and the comparison and decision are in the MLflow server."""
+    photos = upload_batch(stack, "incoming/retrain-people", RETRAIN_PEOPLE)
+    trigger(stack, "face_ingest", "ingest-retrain-people", {"batch": f"s3://{stack.config.bucket}/incoming/retrain-people",
+                                                            "batch_id": "retrain-people", "shard_size": photos,
+                                                            "folder_labels": True})
+    wait_for_run(stack, "face_ingest", "ingest-retrain-people", timeout_s=400)
+    trigger(stack, "face_recluster", "recluster-retrain-people", {"force": True})
+    wait_for_run(stack, "face_recluster", "recluster-retrain-people", timeout_s=300)
+
     client = stack.mlflow()
     before = {int(v.version) for v in client.search_model_versions("name = 'face-embedder'")}
-    # The cycle keeps its checkpoints and outcome on local disk keyed by the DAG run id, which
-    # must therefore be new: a fixed id would find an earlier test's outcome and skip the cycle.
-    run_id = f"retrain-tiny-{uuid.uuid4().hex[:8]}"
-    trigger(stack, "face_retrain", run_id, RETRAIN_CONF)
-    wait_for_run(stack, "face_retrain", run_id, timeout_s=300)
-    after = {int(v.version) for v in client.search_model_versions("name = 'face-embedder'")}
-    assert after - before, f"no new model version (before {sorted(before)}, after {sorted(after)})"
-    experiment = client.get_experiment_by_name("retrain")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    assert any(run.info.status == "FINISHED" for run in runs)
-    challenger = client.get_model_version_by_alias("face-embedder", "challenger")
-    assert int(challenger.version) in after - before
-    champion = client.get_model_version_by_alias("face-embedder", "champion")
-    assert int(champion.version) in after
+    run_id = f"retrain-{uuid.uuid4().hex[:8]}"
+    trigger(stack, "face_retrain", run_id, {})  # the trigger form's defaults: labels from the identity store
+    wait_for_run(stack, "face_retrain", run_id, timeout_s=600)
+
+    new = [v for v in client.search_model_versions("name = 'face-embedder'") if int(v.version) not in before]
+    challengers = [v for v in new if "faces.retrain.key" in v.tags]
+    assert len(challengers) == 1, [dict(v.tags) for v in new]
+    challenger = challengers[0]
+    assert int(client.get_model_version_by_alias("face-embedder", "challenger").version) == int(challenger.version)
+    assert challenger.tags["origin"] == "self-labelled head re-fit"
+    assert challenger.tags["faces.data_version"].startswith("labels-md5:")
+    runs = client.search_runs([client.get_experiment_by_name("retrain").experiment_id],
+                              filter_string=f"params.request_key = '{challenger.tags['faces.retrain.key']}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics, params = runs[0].data.metrics, runs[0].data.params
+    assert params["labels_from"] == "store" and params["labels.source"].startswith("identity store sqlite:///")
+    assert metrics["head_moved"] > 0.01  # a different model, not the champion's weights
+    assert {"champion_accuracy", "challenger_accuracy", "champion_future_auc", "challenger_unseen_auc"} <= set(metrics)
+    decision = runs[0].data.tags["decision"]
+    delta, margin = metrics["delta_accuracy"], float(params["retrain.promote_margin"])
+    assert decision == ("promote" if delta >= margin else "keep")  # the gate followed its own rule
+    champion = int(client.get_model_version_by_alias("face-embedder", "champion").version)
+    assert (champion == int(challenger.version)) == (decision == "promote")
 
 
 def test_a_promotion_reaches_serving_through_face_reembed(stack):
