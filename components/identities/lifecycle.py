@@ -888,6 +888,7 @@ def assign_new(store, policy: Policy, *, now: datetime) -> dict:
     from components.identities import store as db
 
     with store.session() as session:
+        db.lock_lifecycle(session)  # one life-cycle writer at a time (concurrent batches)
         new = db.unseen_faces(session)
         if not len(new.face_ids):
             return {"faces": 0, "assigned": 0, "pooled": 0, "identities_grown": 0}
@@ -925,6 +926,7 @@ def recluster_pool(store, policy: Policy, *, now: datetime, force: bool = False)
     from components.identities import store as db
 
     with store.session() as session:
+        db.lock_lifecycle(session)  # one life-cycle writer at a time (concurrent batches)
         pool, seen = db.pool_matrix(session)
         fresh = int((~seen).sum())
         last = db.last_recluster_at(session)
@@ -1009,6 +1011,7 @@ def full_recluster(store, policy: Policy, *, now: datetime) -> dict:
     from components.identities import store as db
 
     with store.session() as session:
+        db.lock_lifecycle(session)  # one life-cycle writer at a time (concurrent batches)
         faces = db.usable_in(session)
         if not len(faces.face_ids):
             return {"faces": 0}
@@ -1113,6 +1116,7 @@ def switch_model(store, target, policy: Policy, *, now: datetime, actor: str = "
     from components.identities import store as db
 
     with store.session() as session:
+        db.lock_lifecycle(session)  # one life-cycle writer at a time (concurrent batches)
         missing = session.scalar(select(func.count()).select_from(db.FaceRow).where(*store._todo(target.version)))
         if missing:
             raise ReembedIncomplete(f"{missing} faces are not yet re-embedded for {target.version}")

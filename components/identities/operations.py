@@ -167,6 +167,7 @@ def rename(store: db.IdentityStore, identity_id: int, name: str, *, actor: str =
     name = clean_name(name)
     now = clock()
     with store.session() as session:
+        db.lock_lifecycle(session)  # not interleaved with a batch's assign or a re-clustering
         row = _identity(session, identity_id)
         previous = row.name
         row.name = name
@@ -195,6 +196,7 @@ def merge(store: db.IdentityStore, into: int, others: Iterable[int], *, actor: s
     policy = policy or _default_policy(store)
     now = clock()
     with store.session() as session:
+        db.lock_lifecycle(session)  # not interleaved with a batch's assign or a re-clustering
         ids = [into, *others]
         existing = set(session.scalars(select(db.IdentityRow.id).where(db.IdentityRow.id.in_([int(i) for i in ids]))))
         others = check_merge(into, others, existing)
@@ -248,6 +250,7 @@ def split(store: db.IdentityStore, identity_id: int, face_ids: Iterable[int], *,
     policy = policy or _default_policy(store)
     now = clock()
     with store.session() as session:
+        db.lock_lifecycle(session)  # not interleaved with a batch's assign or a re-clustering
         source = _identity(session, identity_id)
         faces = check_split(identity_id, face_ids, set(_members(session, identity_id)))
         created = db.IdentityRow(medoid_face_id=faces[0], size=len(faces), updated_at=now)
@@ -318,6 +321,7 @@ def delete_identity(store: db.IdentityStore, identity_id: int, *, crops_root: st
     identity_id = int(identity_id)
     now = clock()
     with store.session() as session:
+        db.lock_lifecycle(session)  # not interleaved with a batch's assign or a re-clustering
         _identity(session, identity_id)
         rows = session.execute(
             select(db.FaceRow.id, db.FaceRow.crop_path).join(db.AssignmentRow, db.AssignmentRow.face_id == db.FaceRow.id)

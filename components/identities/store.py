@@ -21,6 +21,9 @@ Tables:
 * ``lifecycle_runs``: one row per assignment batch / pool or full re-clustering; the
   latest re-clustering's time starts the next window T.
 * ``rejected_files``: files that could not be used, with the reason.
+* ``store_locks``: one row per named lock (``lifecycle``), written to serialise the
+  identity life cycle's writers on databases without advisory locks (SQLite); PostgreSQL
+  uses a transaction-scoped advisory lock instead (:func:`lock_lifecycle`).
 * ``store_models``: which model's embeddings the store holds (``active``) and, during a
   re-embed, the model it is moving to (``target``), each with its thresholds.
 * ``staged_embeddings``: embeddings computed by a re-embed for the target model, kept
@@ -67,6 +70,8 @@ from sqlalchemy import (
     exists,
     func,
     select,
+    text,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -266,6 +271,69 @@ class CorrectionRow(Base):
 
 
 LINK_KINDS = ("must", "cannot")
+
+
+class StoreLockRow(Base):
+    """A named lock (``lifecycle``): writing its row serialises writers where advisory locks do not exist."""
+
+    __tablename__ = "store_locks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# PostgreSQL advisory lock key of the identity life cycle (any constant int64; "faceLIFE").
+LIFECYCLE_LOCK_KEY = 0x666163654C494645
+
+
+def lock_lifecycle(session: Session) -> None:
+    """Serialise the identity life cycle's writers: held until ``session``'s transaction ends.
+
+    Assignment, pool and full re-clustering, re-embed switches and the user's identity
+    operations each read the faces, identities and pool and then write them back; two of
+    them interleaved (concurrent ``face_ingest`` runs and a ``face_recluster``) would place
+    one face twice or recompute a medoid from a stale member list. Each takes this lock
+    first, so they run one after the other, and each reads only after the previous one
+    committed (every statement of a READ COMMITTED transaction sees what was committed
+    before it started).
+
+    PostgreSQL: ``pg_advisory_xact_lock`` (waits; released at commit or rollback).
+    Other databases: an ``UPDATE`` of the ``store_locks`` row, which takes SQLite's write
+    lock (or a row lock) for the rest of the transaction. Call it before any read.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIFECYCLE_LOCK_KEY})
+        return
+    taken = session.execute(text("UPDATE store_locks SET taken_at = :at WHERE name = 'lifecycle'"), {"at": _now()})
+    if taken.rowcount == 0:
+        _insert_ignoring_conflict(session, StoreLockRow, {"name": "lifecycle", "taken_at": _now()}, ["name"])
+
+
+def _insert_ignoring_conflict(session: Session, table, values: dict, keys: list[str]):
+    """``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL, SQLite); the inserted primary key or None.
+
+    On other databases: a plain insert in a savepoint, a unique-key conflict ignored.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        primary = list(table.__table__.primary_key.columns)
+        statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=keys).returning(*primary)
+        row = session.execute(statement).first()
+        return None if row is None else row[0]
+    try:
+        with session.begin_nested():
+            row = table(**values)
+            session.add(row)
+            session.flush()
+        return row.__mapper__.primary_key_from_instance(row)[0]
+    except IntegrityError:
+        return None
 
 
 class RejectedFileRow(Base):
@@ -693,14 +761,17 @@ class IdentityStore:
         from sqlalchemy.exc import IntegrityError
 
         try:
-            return self._add_image(sha256, path, size, faces, detector_version, label)
+            image_id = self._add_image(sha256, path, size, faces, detector_version, label)
         except IntegrityError:
+            image_id = None  # a database without ON CONFLICT: the same race, reported as a conflict
+        if image_id is None:
             # Another batch stored the same photo between our check and our insert (the
             # sha256 is unique): it is stored once, and that is the photo's id.
             existing = self.find_image(sha256)
             if existing is None:
-                raise
+                raise RuntimeError(f"photo {path}: its insert conflicted, but no stored photo has its sha256")
             return existing.id
+        return image_id
 
     def _add_image(self, sha256: str, path: str, size: tuple[int, int], faces: Sequence[NewFace], detector_version: str,
                    label: str | None) -> int:
@@ -716,12 +787,17 @@ class IdentityStore:
                         raise ModelMismatchError(
                             f"photo {path}: embedded by model {face.model_version}, but the store holds "
                             f"{active.version}; embed it again with the store's model")
-            image = ImageRow(
-                sha256=sha256, path=path, width=size[0], height=size[1], label=label, detector_version=detector_version
-            )
+            # INSERT ... ON CONFLICT DO NOTHING on the sha256: when another batch stores the same
+            # photo at the same moment, one insert wins and this one adds nothing.
+            image_id = _insert_ignoring_conflict(session, ImageRow, {
+                "sha256": sha256, "path": path, "width": size[0], "height": size[1], "label": label,
+                "detector_version": detector_version, "added_at": _now()}, ["sha256"])
+            if image_id is None:
+                return None
             for face in faces:
-                image.faces.append(
+                session.add(
                     FaceRow(
+                        image_id=image_id,
                         face_index=face.face_index,
                         box_x=face.box[0],
                         box_y=face.box[1],
@@ -738,20 +814,19 @@ class IdentityStore:
                         label=face.label,
                     )
                 )
-            session.add(image)
             session.flush()
             # A file rejected earlier and now readable (replaced in place) is no longer rejected.
             session.execute(delete(RejectedFileRow).where(RejectedFileRow.path == path))
-            return image.id
+            return image_id
 
     def add_rejected(self, path: str, code: str, reason: str, sha256: str | None) -> None:
         """Record (or update) a file that could not be used."""
         with self.session() as session:
-            row = session.scalar(select(RejectedFileRow).where(RejectedFileRow.path == path))
-            if row is None:
-                session.add(RejectedFileRow(path=path, code=code, reason=reason, sha256=sha256))
-            else:
-                row.code, row.reason, row.sha256 = code, reason, sha256
+            # Two batches rejecting the same file at once: the first insert wins, the other updates.
+            values = {"path": path, "code": code, "reason": reason, "sha256": sha256}
+            if _insert_ignoring_conflict(session, RejectedFileRow, values, ["path"]) is None:
+                session.execute(update(RejectedFileRow).where(RejectedFileRow.path == path)
+                                .values(code=code, reason=reason, sha256=sha256))
 
     # -- model versions -------------------------------------------------------------
 
@@ -850,6 +925,7 @@ class IdentityStore:
             cluster label -> identity id, for the clusters that became identities.
         """
         with self.session() as session:
+            lock_lifecycle(session)
             return replace_clustering_in(
                 session, face_ids, labels, embeddings, medoid_rows, min_size, at=at or _now(), actor=actor
             )
