@@ -87,7 +87,8 @@ class Embedder:
             crops: ``(N, 150, 150, 3)`` uint8 RGB aligned faces; N may be 0.
 
         Returns:
-            ``(N, 128)`` float32 L2-normalised embeddings.
+            ``(N, D)`` float32 L2-normalised embeddings (D: the model's width, 128 for
+            the dlib model; 128 for N = 0 before the model is loaded).
 
         Raises:
             ValueError: If ``crops`` has the wrong shape or dtype.
@@ -100,10 +101,12 @@ class Embedder:
         if crops.dtype != np.uint8:
             raise ValueError(f"crops must be uint8 RGB, got dtype {crops.dtype}")
         if len(crops) == 0:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+            width = EMBEDDING_DIM if self._model is None else int(self._model.output_shape[-1])
+            return np.zeros((0, width), dtype=np.float32)
 
         model = self.model
-        out = np.empty((len(crops), EMBEDDING_DIM), dtype=np.float32)
+        # The model's own width: 128 for the dlib model, 1024 for FaceRes (components.embed.faceres).
+        out = np.empty((len(crops), int(model.output_shape[-1])), dtype=np.float32)
         for start in range(0, len(crops), self.batch_size):
             batch = crops[start : start + self.batch_size].astype(np.float32)
             out[start : start + len(batch)] = np.asarray(model.predict_on_batch(batch))
