@@ -47,6 +47,13 @@ class DetectParams:
     min_face_px: int = 40
     min_blur: float = 0.005
     max_pixels: int = 40_000_000
+    # A photo with no face upright is tried turned by these degrees (counter-clockwise), in order.
+    try_rotations: tuple[int, ...] = (90, 270)
+
+    def __post_init__(self) -> None:
+        wrong = [turn for turn in self.try_rotations if turn not in (90, 180, 270)]
+        if wrong:
+            raise ValueError(f"params.yaml [DetectParams] try_rotations: turns are 90, 180 or 270 degrees; got {wrong}")
 
 
 @dataclass(frozen=True)

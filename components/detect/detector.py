@@ -34,6 +34,10 @@ class Face:
         embedding: (D,) unit vector, once the engine embedded the face (usable faces only,
             unless asked for all); None before.
         model_version: the model that computed ``embedding``.
+        rotation: degrees the photo was turned counter-clockwise (0, 90, 180 or 270) for MTCNN
+            to find this face: a photo with no face upright is tried turned 90 and 270
+            degrees (``detect.try_rotations``). Box and landmarks are always in the
+            original photo's pixels; the crop is upright either way.
     """
 
     box: tuple[float, float, float, float]
@@ -44,13 +48,14 @@ class Face:
     failures: list[str] = field(default_factory=list)
     embedding: np.ndarray | None = None
     model_version: str | None = None
+    rotation: int = 0
 
     def to_wire(self) -> dict:
         """Plain JSON types without the crop (for the call between two services)."""
         return {"box": [float(v) for v in self.box], "landmarks": np.asarray(self.landmarks).tolist(),
                 "confidence": float(self.confidence), "blur": float(self.blur), "failures": list(self.failures),
                 "embedding": None if self.embedding is None else np.asarray(self.embedding, np.float32).tolist(),
-                "model_version": self.model_version}
+                "model_version": self.model_version, "rotation": int(self.rotation)}
 
     @classmethod
     def from_wire(cls, data: dict) -> Face:
@@ -58,7 +63,8 @@ class Face:
         embedding = data.get("embedding")
         return cls(tuple(float(v) for v in data["box"]), np.asarray(data["landmarks"], np.float64),
                    float(data["confidence"]), None, float(data["blur"]), list(data["failures"]),
-                   None if embedding is None else np.asarray(embedding, np.float32), data.get("model_version"))
+                   None if embedding is None else np.asarray(embedding, np.float32), data.get("model_version"),
+                   int(data.get("rotation", 0)))
 
     @property
     def passed(self) -> bool:
@@ -162,20 +168,67 @@ class FaceDetector:
             One list of :class:`Face` per photo (empty when it has no face), most
             confident first.
         """
-        results = []
-        for image, located in zip(images, self.locate(images)):
-            faces = []
-            for box, landmarks, confidence in sorted(located, key=lambda item: -item[2]):
-                crop = align_face(image, landmarks, CROP_SIZE)
-                blur = blur_score(crop)
-                failures = quality_failures(
-                    confidence,
-                    min(box[2], box[3]),
-                    blur,
-                    min_confidence=self.params.min_confidence,
-                    min_face_px=self.params.min_face_px,
-                    min_blur=self.params.min_blur,
-                )
-                faces.append(Face(box, landmarks, confidence, crop, blur, failures))
-            results.append(faces)
+        images = list(images)
+        results = [self._faces(image, located) for image, located in zip(images, self.locate(images))]
+        # Sideways photos (no EXIF orientation, a scanner, a phone held flat): a photo where no
+        # face is found upright is tried turned, one turn after the other, until one finds faces.
+        for turn in self.params.try_rotations:
+            empty = [index for index, faces in enumerate(results) if not faces]
+            if not empty:
+                break
+            turned = [np.rot90(images[index], k=turn // 90) for index in empty]
+            for index, image, located in zip(empty, turned, self.locate(turned)):
+                faces = self._faces(image, located)
+                for face in faces:
+                    face.box = turn_box_back(face.box, turn, images[index].shape)
+                    face.landmarks = turn_points_back(face.landmarks, turn, images[index].shape)
+                    face.rotation = int(turn)
+                results[index] = faces
         return results
+
+    def _faces(self, image: np.ndarray, located) -> list[Face]:
+        """Aligned, quality-scored faces of one photo from its located boxes, most confident first."""
+        faces = []
+        for box, landmarks, confidence in sorted(located, key=lambda item: -item[2]):
+            crop = align_face(image, landmarks, CROP_SIZE)
+            blur = blur_score(crop)
+            failures = quality_failures(
+                confidence,
+                min(box[2], box[3]),
+                blur,
+                min_confidence=self.params.min_confidence,
+                min_face_px=self.params.min_face_px,
+                min_blur=self.params.min_blur,
+            )
+            faces.append(Face(box, landmarks, confidence, crop, blur, failures))
+        return faces
+
+
+def turn_points_back(points: np.ndarray, turn: int, shape: tuple[int, ...]) -> np.ndarray:
+    """(x, y) points found in a photo turned ``turn`` degrees counter-clockwise (``np.rot90``), in the photo's pixels.
+
+    Args:
+        points: (N, 2) x, y in the turned photo.
+        turn: 90, 180 or 270 (0 returns the points unchanged).
+        shape: (H, W, ...) of the original photo.
+    """
+    points = np.asarray(points, np.float64)
+    height, width = shape[0], shape[1]
+    x, y = points[..., 0], points[..., 1]
+    if turn % 360 == 0:
+        return points.copy()
+    if turn % 360 == 90:
+        return np.stack([width - y, x], axis=-1)
+    if turn % 360 == 180:
+        return np.stack([width - x, height - y], axis=-1)
+    if turn % 360 == 270:
+        return np.stack([y, height - x], axis=-1)
+    raise ValueError(f"a turn is 90, 180 or 270 degrees; got {turn}")
+
+
+def turn_box_back(box: tuple[float, ...], turn: int, shape: tuple[int, ...]) -> tuple[float, float, float, float]:
+    """A box (x, y, w, h) found in a photo turned ``turn`` degrees counter-clockwise, in the photo's pixels."""
+    x, y, w, h = (float(value) for value in box)
+    corners = turn_points_back(np.array([[x, y], [x + w, y + h]]), turn, shape)
+    (left, top), (right, bottom) = corners.min(axis=0), corners.max(axis=0)
+    return (float(left), float(top), float(right - left), float(bottom - top))

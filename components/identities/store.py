@@ -21,6 +21,13 @@ Tables:
 * ``lifecycle_runs``: one row per assignment batch / pool or full re-clustering; the
   latest re-clustering's time starts the next window T.
 * ``rejected_files``: files that could not be used, with the reason.
+* ``forgotten_faces``: one row per face deleted with its identity (photo sha256 and
+  face index, no pixels, no embedding): what ``faces purge`` still has to remove from
+  copies outside the store (batch artefacts of the work area, quarantine copies), and
+  when it did.
+* ``face_rotations``: for a face found only in the photo turned (a sideways photo
+  without EXIF orientation), the turn in degrees counter-clockwise; faces found
+  upright have no row.
 * ``store_locks``: one row per named lock (``lifecycle``), written to serialise the
   identity life cycle's writers on databases without advisory locks (SQLite); PostgreSQL
   uses a transaction-scoped advisory lock instead (:func:`lock_lifecycle`).
@@ -282,6 +289,33 @@ class StoreLockRow(Base):
     taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class FaceRotationRow(Base):
+    """A face MTCNN found only in its photo turned: the turn, degrees counter-clockwise (90, 180, 270)."""
+
+    __tablename__ = "face_rotations"
+
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
+    degrees: Mapped[int] = mapped_column(Integer)
+
+
+class ForgottenFaceRow(Base):
+    """A face deleted with its identity, to be removed from every copy outside the store too.
+
+    Keyed by the photo's sha256 and the face's index in it, as the workflow's batch
+    artefacts and the quarantine name them; ``purged_at`` is set once ``faces purge``
+    removed every copy it knows of.
+    """
+
+    __tablename__ = "forgotten_faces"
+    __table_args__ = (UniqueConstraint("sha256", "face_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    face_index: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 # PostgreSQL advisory lock key of the identity life cycle (any constant int64; "faceLIFE").
 LIFECYCLE_LOCK_KEY = 0x666163654C494645
 
@@ -362,6 +396,7 @@ class NewFace:
     model_version: str | None
     crop_path: str | None
     label: str | None = None
+    rotation: int = 0  # degrees the photo was turned (counter-clockwise) to find the face
 
 
 class ModelMismatchError(ValueError):
@@ -794,8 +829,9 @@ class IdentityStore:
                 "detector_version": detector_version, "added_at": _now()}, ["sha256"])
             if image_id is None:
                 return None
+            rows = []
             for face in faces:
-                session.add(
+                rows.append(
                     FaceRow(
                         image_id=image_id,
                         face_index=face.face_index,
@@ -814,7 +850,10 @@ class IdentityStore:
                         label=face.label,
                     )
                 )
+            session.add_all(rows)
             session.flush()
+            session.add_all(FaceRotationRow(face_id=row.id, degrees=int(face.rotation))
+                            for row, face in zip(rows, faces) if int(getattr(face, "rotation", 0) or 0) % 360)
             # A file rejected earlier and now readable (replaced in place) is no longer rejected.
             session.execute(delete(RejectedFileRow).where(RejectedFileRow.path == path))
             return image_id
@@ -827,6 +866,33 @@ class IdentityStore:
             if _insert_ignoring_conflict(session, RejectedFileRow, values, ["path"]) is None:
                 session.execute(update(RejectedFileRow).where(RejectedFileRow.path == path)
                                 .values(code=code, reason=reason, sha256=sha256))
+
+    def face_rotations(self) -> dict[int, int]:
+        """face id -> degrees its photo was turned (counter-clockwise) to find it; faces found upright are absent."""
+        with self.session() as session:
+            return {int(face): int(degrees) for face, degrees in
+                    session.execute(select(FaceRotationRow.face_id, FaceRotationRow.degrees))}
+
+    # -- forgotten faces (privacy) ---------------------------------------------------------
+
+    def forgotten(self, *, pending: bool = True) -> list[dict]:
+        """Faces deleted with their identity: ``id``, ``sha256``, ``face_index`` (only those not purged yet)."""
+        query = select(ForgottenFaceRow).order_by(ForgottenFaceRow.id)
+        if pending:
+            query = query.where(ForgottenFaceRow.purged_at.is_(None))
+        with self.session() as session:
+            return [{"id": row.id, "sha256": row.sha256, "face_index": row.face_index,
+                     "at": as_utc(row.at).isoformat(timespec="seconds"),
+                     "purged_at": as_utc(row.purged_at).isoformat(timespec="seconds") if row.purged_at else None}
+                    for row in session.scalars(query)]
+
+    def mark_purged(self, ids: Sequence[int], at: datetime | None = None) -> None:
+        """Record that every copy of these forgotten faces was removed."""
+        wanted = [int(value) for value in ids]
+        with self.session() as session:
+            for start in range(0, len(wanted), 500):
+                session.execute(update(ForgottenFaceRow).where(ForgottenFaceRow.id.in_(wanted[start : start + 500]))
+                                .values(purged_at=at or _now()))
 
     # -- model versions -------------------------------------------------------------
 

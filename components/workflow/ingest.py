@@ -10,7 +10,9 @@ returns URIs, so only URIs travel through XCom:
    (decodable, dimensions, format, duplicate hashes) must pass, otherwise the batch is
    quarantined and :class:`~components.workflow.BatchRejected` names the rows and why.
    Returns the shard URIs (what the DAG maps over).
-3. :func:`detect`: one shard: load, MTCNN detect (batched), align, quality gates.
+3. :func:`detect`: one shard: load, MTCNN detect (batched; a photo without a face upright
+   is tried turned 90 and 270 degrees, and the turn is kept with its faces), align,
+   quality gates.
 4. :func:`validate_faces`: one shard: the faces suite (confidence, blur, landmarks in
    the box, crop size).
 5. :func:`embed`: one shard: embed usable faces; the embeddings suite (dimension, unit
@@ -295,6 +297,7 @@ def detect(shard_uri: str, *, settings=None) -> str:
         confidence=np.array([face.confidence for face in faces], np.float64),
         blur=np.array([face.blur for face in faces], np.float64),
         failures=np.array([",".join(face.failures) for face in faces], dtype=str),
+        rotation=np.array([face.rotation for face in faces], np.int16),
         crops=np.stack([face.crop for face in faces]) if faces else np.zeros(crop_shape, np.uint8),
     )
 
@@ -389,6 +392,7 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model) -> d
         vectors = model.embedder.embed(arrays["crops"][embedded["rows"]])
         out["model_version"] = model.version
     vector_of = {int(row): vector for row, vector in zip(embedded["rows"], vectors)}
+    rotations = arrays.get("rotation", np.zeros(len(arrays["face_index"]), np.int16))  # older files: all upright
     counts = Counter()
     failures = Counter()
     for photo_index, photo in enumerate(meta["photos"]):
@@ -412,7 +416,7 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model) -> d
                 face_index=index, box=tuple(float(v) for v in arrays["boxes"][row]), landmarks=arrays["landmarks"][row],
                 confidence=float(arrays["confidence"][row]), blur=float(arrays["blur"][row]), failures=failed,
                 embedding=vector, model_version=out["model_version"] if vector is not None else None, crop_path=crop_uri,
-                label=photo["label"] if index == photo.get("main_face") else None,
+                label=photo["label"] if index == photo.get("main_face") else None, rotation=int(rotations[row]),
             ))
             failures.update(failed)
         store.add_image(photo["sha256"], photo["uri"], (photo["width"], photo["height"]), records,
