@@ -316,8 +316,10 @@ class ForgottenFaceRow(Base):
     purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-# PostgreSQL advisory lock key of the identity life cycle (any constant int64; "faceLIFE").
+# PostgreSQL advisory lock keys (any constant int64s): the identity life cycle ("faceLIFE"),
+# creating the tables ("faceDDL").
 LIFECYCLE_LOCK_KEY = 0x666163654C494645
+SCHEMA_LOCK_KEY = 0x6661636544444C
 
 
 def lock_lifecycle(session: Session) -> None:
@@ -762,7 +764,12 @@ class IdentityStore:
         if self.engine.dialect.name == "sqlite":
             # SQLite ignores ON DELETE CASCADE unless asked, per connection.
             event.listen(self.engine, "connect", lambda connection, _: connection.execute("PRAGMA foreign_keys=ON"))
-        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as connection:
+            if self.engine.dialect.name == "postgresql":
+                # Workers opening a fresh (or upgraded) store at once would race to create the same
+                # tables; one creates them, the others wait and find them there.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            Base.metadata.create_all(connection)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
