@@ -14,7 +14,7 @@ nodes an output needs and emits one standard Keras layer per computation:
 * ``Add`` / ``AddV2`` of two tensors: ``Add``; ``Mean`` over the spatial axes:
   ``GlobalAveragePooling2D``; ``Pad``: ``ZeroPadding2D``; ``AvgPool`` / ``MaxPool``;
   ``MatMul`` / ``_FusedMatMul``: ``Dense``; ``Sigmoid`` / ``Softmax``: ``Activation``;
-  a constant ``Mul`` / ``Add`` elsewhere: a 1x1 ``DepthwiseConv2D`` (per-channel affine).
+  constant ``Mul`` / ``Add`` ops elsewhere: one 1x1 ``DepthwiseConv2D`` (per-channel affine).
 
 Any other op, or an attribute outside this subset (``NCHW``, an activation that cannot
 be expressed), raises :class:`UnsupportedGraphError` naming the node: a conversion is
@@ -197,7 +197,8 @@ class _Clip:
     source: object  # Keras tensor
     lo: float
     hi: float
-    name: str
+    name: str  # the Relu node (names the ReLU layer)
+    last: str = ""  # the last Minimum / Maximum folded in (named in errors)
 
 
 def _per_channel(value: np.ndarray) -> bool:
@@ -215,6 +216,7 @@ class _Builder:
         self.graph, self.layers, self.prefix = graph, layers, prefix
         self.values: dict[str, object] = dict(inputs)
         self.emitted: dict[int, object] = {}
+        self.visiting: set[str] = set()
 
     def layer_name(self, node_name: str) -> str:
         return self.prefix + node_name.replace("/", "_").replace(":", "_")
@@ -254,20 +256,18 @@ class _Builder:
     def _emit_clip(self, clip: _Clip):
         # Only clips a ReLU can express: a lower bound <= 0 after Relu changes nothing.
         if clip.lo > 0.0 or clip.hi < 0.0:
-            raise UnsupportedGraphError(f"{clip.name}: clip to [{clip.lo}, {clip.hi}] is not a ReLU")
+            raise UnsupportedGraphError(f"{clip.last or clip.name}: clip to [{clip.lo}, {clip.hi}] is not a ReLU")
         max_value = None if math.isinf(clip.hi) else clip.hi
         return self.layers.ReLU(max_value=max_value, name=self.layer_name(clip.name))(clip.source)
 
-    def _affine(self, x, scale, offset, name: str):
-        """``x * scale + offset`` per channel, as a 1x1 DepthwiseConv2D (exact: one multiply-add)."""
+    def _affine(self, x, scale, offset, name: str) -> _Conv:
+        """``x * scale + offset`` per channel: a pending 1x1 DepthwiseConv2D (more constants fold into it)."""
         tensor = self.tensor(x)
         channels = int(tensor.shape[-1])
         scale = np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (channels,))
         offset = np.broadcast_to(np.asarray(offset, np.float32).reshape(-1), (channels,))
-        layer = self.layers.DepthwiseConv2D(1, use_bias=True, name=self.layer_name(name))
-        out = layer(tensor)
-        layer.set_weights([scale.reshape(1, 1, channels, 1).copy(), offset.copy()])
-        return out
+        params = {"strides": (1, 1), "dilations": (1, 1), "padding": "VALID", "explicit": []}
+        return _Conv("depthwise", tensor, scale.reshape(1, 1, channels, 1).copy(), offset.copy(), params, name)
 
     def value(self, name: str):
         name = name.split(":")[0] if name.endswith(":0") else name
@@ -275,8 +275,11 @@ class _Builder:
             return self.values[name]
         if name not in self.graph.nodes:
             raise UnsupportedGraphError(f"no node {name!r} in the graph")
-        node = self.graph.nodes[name]
-        result = self._convert(node)
+        if name in self.visiting:
+            raise UnsupportedGraphError(f"{name}: the graph has a cycle through this node")
+        self.visiting.add(name)
+        result = self._convert(self.graph.nodes[name])
+        self.visiting.discard(name)
         self.values[name] = result
         return result
 
@@ -335,8 +338,8 @@ class _Builder:
                 raise UnsupportedGraphError(f"{name}: {op} other than a clip of a Relu by a scalar")
             # min(clip(x, lo, hi), c) = clip(x, min(lo, c), min(hi, c)); max likewise.
             if op == "Minimum":
-                return replace(a, lo=min(a.lo, bound), hi=min(a.hi, bound))
-            return replace(a, lo=max(a.lo, bound), hi=max(a.hi, bound))
+                return replace(a, lo=min(a.lo, bound), hi=min(a.hi, bound), last=name)
+            return replace(a, lo=max(a.lo, bound), hi=max(a.hi, bound), last=name)
         if op == "Mean":
             axes = sorted(int(i) % 4 for i in np.asarray(args[1]).reshape(-1))
             if axes != [1, 2]:
