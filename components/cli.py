@@ -114,6 +114,16 @@ def cmd_bench_lfw_verify(args, settings) -> int:
     return 0
 
 
+def cmd_bench_candidates(args, settings) -> int:
+    from components.bench.candidates import run_benchmark
+
+    result = run_benchmark(settings, out=Path(args.out), progress=not args.no_progress,
+                           command="faces bench candidates " + " ".join(sys.argv[3:]))
+    print("\n".join(result["table"]))
+    print(f"written to {args.out}")
+    return 0
+
+
 def cmd_bench_cluster_threshold(args, settings) -> int:
     from components.bench.cluster_threshold import run_benchmark
 
@@ -214,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-photos", type=int, default=300, help="photos timed side by side (every pipeline, same photos)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats; the median is reported")
     p.set_defaults(func=cmd_bench_lfw_verify)
+    p = bench_sub.add_parser("candidates", help="the pretrained candidates (dlib, FaceRes, test-time flip, their "
+                             "fusion) on LFW View 2 10-fold verification")
+    p.add_argument("--out", default="bench/results/candidates.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_bench_candidates)
     p = bench_sub.add_parser("cluster-threshold",
                              help="calibrate the Chinese Whispers threshold on LFW folds 1-5, score on folds 6-10")
     p.add_argument("--out", default="bench/results/cluster_threshold.json")
