@@ -187,8 +187,16 @@ def cmd_bench_ui(args, settings) -> int:
 
 def cmd_identities(args, settings) -> int:
     from components.identities.cli import main as identities_main
+    from components.workflow.purge import purge
 
-    return identities_main(args, settings)
+    # A deleted person's faces go from the workflow's batch artefacts and quarantine too.
+    return identities_main(args, settings, after_delete=lambda store: purge(store, settings=settings))
+
+
+def cmd_purge(args, settings) -> int:
+    from components.workflow.purge import main as purge_main
+
+    return purge_main(args, settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,10 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = ops.add_parser("split", help="move faces out of an identity into a new one")
     q.add_argument("identity", type=int)
     q.add_argument("faces", type=int, nargs="+", help="face ids to move out")
-    q = ops.add_parser("delete", help="delete an identity and everything derived from it (crops, embeddings)")
+    q = ops.add_parser("delete", help="delete an identity and everything derived from it (crops, embeddings, "
+                                      "batch artefacts, quarantine copies)")
     q.add_argument("identity", type=int)
     q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_identities)
+
+    p = sub.add_parser("purge", help="remove deleted people's faces from the work area's batch artefacts and the "
+                                     "quarantine (identities delete runs it; run it again after a failure)")
+    p.add_argument("--db", help="SQLAlchemy URL of the identity store (default: sqlite in run.out_dir)")
+    p.set_defaults(func=cmd_purge)
 
     from components.ui.server import add_parsers as add_ui_parsers  # ui: the people page
 

@@ -12,6 +12,7 @@ import getpass
 import json
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import TextIO
 
 from sqlalchemy.engine import make_url
@@ -92,13 +93,18 @@ def _confirm(summary: dict, stdin: TextIO, stderr: TextIO) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def main(args, settings, *, stdout: TextIO | None = None, stderr: TextIO | None = None, stdin: TextIO | None = None) -> int:
+def main(args, settings, *, stdout: TextIO | None = None, stderr: TextIO | None = None, stdin: TextIO | None = None,
+         after_delete: Callable[[IdentityStore], dict] | None = None) -> int:
     """Run one ``faces identities`` operation.
 
     Args:
         args: parsed arguments (``operation``, ``db`` and the operation's own).
         settings: :class:`components.settings.Settings`.
         stdout, stderr, stdin: streams (default: the process's), for tests.
+        after_delete: called with the store after a delete committed (``faces`` passes
+            :func:`components.workflow.purge.purge`: the deleted faces' copies outside the
+            store go too); what it returns is printed under ``purged``. If it raises,
+            the delete stands, the error is printed and the exit code is 2.
 
     Returns:
         0 on success, 1 when a delete was not confirmed, 2 on an error.
@@ -130,6 +136,15 @@ def main(args, settings, *, stdout: TextIO | None = None, stderr: TextIO | None 
                 stderr.write("not deleted\n")
                 return EXIT_DECLINED
             result = operations.delete_identity(store, args.identity, crops_root=crops_root(url, settings), actor=actor())
+            if after_delete is not None:
+                try:
+                    result["purged"] = after_delete(store)
+                except Exception as error:  # noqa: BLE001 - the delete itself is done; say what is left
+                    stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+                    stderr.write(f"error: identity {args.identity} is deleted, but copies of its faces outside the "
+                                 f"store (batch artefacts, quarantine) could not be removed: {error}; "
+                                 "run `faces purge` to finish\n")
+                    return EXIT_ERROR
         else:
             raise operations.IdentityError(f"unknown operation {operation!r}")
     except operations.IdentityError as error:

@@ -9,7 +9,11 @@ meant for the user, and changes nothing.
 Deleting an identity (privacy): the identity row, its assignments, and its
 faces' rows are deleted — so the embeddings, boxes and landmarks are gone, not
 just nulled — and the faces' crops are removed where they are stored (a local
-folder or S3, see :mod:`components.identities.crops`). The photos
+folder or S3, see :mod:`components.identities.crops`). Each deleted face is also
+recorded (photo sha256 and face index only) in ``forgotten_faces``: copies outside the
+store, the workflow's batch artefacts and quarantine copies, are removed by
+``faces purge`` (:mod:`components.workflow.purge`), which ``faces identities delete``
+runs right after the delete. The photos
 themselves stay (they are the user's files, not derived from the identity), and
 so does their sha256: the next ``faces run`` over the same folder therefore
 skips those photos and does not bring the person back. Earlier events of the
@@ -324,10 +328,20 @@ def delete_identity(store: db.IdentityStore, identity_id: int, *, crops_root: st
         db.lock_lifecycle(session)  # not interleaved with a batch's assign or a re-clustering
         _identity(session, identity_id)
         rows = session.execute(
-            select(db.FaceRow.id, db.FaceRow.crop_path).join(db.AssignmentRow, db.AssignmentRow.face_id == db.FaceRow.id)
+            select(db.FaceRow.id, db.FaceRow.crop_path, db.FaceRow.face_index, db.ImageRow.sha256)
+            .join(db.AssignmentRow, db.AssignmentRow.face_id == db.FaceRow.id)
+            .join(db.ImageRow, db.ImageRow.id == db.FaceRow.image_id)
             .where(db.AssignmentRow.identity_id == identity_id).order_by(db.FaceRow.id)
         ).all()
         face_ids = [int(row.id) for row in rows]
+        # Copies outside the store (batch artefacts, quarantine) are removed by `faces purge`,
+        # which the CLI's delete runs at once; these rows say what it still has to remove.
+        photos, known = sorted({row.sha256 for row in rows}), set()
+        for start in range(0, len(photos), 500):
+            known.update(session.execute(select(db.ForgottenFaceRow.sha256, db.ForgottenFaceRow.face_index)
+                                         .where(db.ForgottenFaceRow.sha256.in_(photos[start : start + 500]))).all())
+        session.add_all(db.ForgottenFaceRow(sha256=row.sha256, face_index=int(row.face_index), at=now)
+                        for row in rows if (row.sha256, int(row.face_index)) not in known)
         session.execute(delete(db.AssignmentRow).where(db.AssignmentRow.identity_id == identity_id))
         session.execute(delete(db.IdentityRow).where(db.IdentityRow.id == identity_id))
         for start in range(0, len(face_ids), 500):

@@ -750,6 +750,11 @@ def replace_clustering_in(
     return identity_of
 
 
+def _sqlite_pragmas(connection, _record) -> None:
+    connection.execute("PRAGMA foreign_keys=ON")
+    connection.execute("PRAGMA secure_delete=ON")
+
+
 class IdentityStore:
     """SQLAlchemy-backed store; create one per process and reuse it.
 
@@ -762,8 +767,9 @@ class IdentityStore:
         self.url = url
         self.engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
-            # SQLite ignores ON DELETE CASCADE unless asked, per connection.
-            event.listen(self.engine, "connect", lambda connection, _: connection.execute("PRAGMA foreign_keys=ON"))
+            # SQLite ignores ON DELETE CASCADE unless asked, per connection; secure_delete overwrites
+            # deleted rows with zeros, so a deleted person's embeddings do not linger in free pages.
+            event.listen(self.engine, "connect", _sqlite_pragmas)
         with self.engine.begin() as connection:
             if self.engine.dialect.name == "postgresql":
                 # Workers opening a fresh (or upgraded) store at once would race to create the same
