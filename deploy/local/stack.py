@@ -31,7 +31,8 @@ Environment (all optional):
     falls back to a default that another server already uses (SeaweedFS's volume
     server and Airflow both default to 8080).
     STACK_S3_BUCKET (``faces``), STACK_AIRFLOW_PARALLELISM (2),
-    STACK_HEALTH_TIMEOUT (240 seconds), STACK_DAGS_FOLDER (the repository's ``dags/``).
+    STACK_HEALTH_TIMEOUT (240 seconds), STACK_PORT_WAIT (60 seconds: how long a port a crashed
+    service is still releasing is waited for), STACK_DAGS_FOLDER (the repository's ``dags/``).
     FACES_WORK_URI (``s3://<bucket>/work``), FACES_STORE_URL (SQLite in the run dir):
     the DAGs' work area and identity store, passed on to every process.
 """
@@ -90,6 +91,9 @@ class StackConfig:
         bucket: the S3 bucket created at start.
         airflow_parallelism: Airflow task slots (each task is a process that may load models).
         health_timeout_s: how long ``up`` waits for every service to answer.
+        port_wait_s: how long ``up`` waits for a port a stopped or crashed service is still
+            releasing (its orphaned workers exiting, the kernel closing its listener) before
+            it calls the port taken by another process.
         dags_folder: Airflow's DAG folder.
         work_uri, store_url: ``FACES_WORK_URI`` / ``FACES_STORE_URL`` when set (see the properties).
         bin_dir: where ``airflow``, ``mlflow``, ``bentoml`` and ``weed`` live.
@@ -100,6 +104,7 @@ class StackConfig:
     bucket: str = "faces"
     airflow_parallelism: int = 2
     health_timeout_s: float = 240.0
+    port_wait_s: float = 60.0
     dags_folder: Path = REPO / "dags"
     work_uri: str = ""
     store_url: str = ""
@@ -129,6 +134,7 @@ class StackConfig:
             bucket=env.get("STACK_S3_BUCKET") or "faces",
             airflow_parallelism=int(env.get("STACK_AIRFLOW_PARALLELISM") or 2),
             health_timeout_s=float(env.get("STACK_HEALTH_TIMEOUT") or 240),
+            port_wait_s=float(env.get("STACK_PORT_WAIT") or 60),
             dags_folder=Path(env.get("STACK_DAGS_FOLDER") or REPO / "dags").resolve(),
             work_uri=env.get("FACES_WORK_URI") or "",
             store_url=env.get("FACES_STORE_URL") or "",
@@ -478,6 +484,52 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def wait_for_ports(ports: Iterable[int], deadline_s: float, *, poll_s: float = 0.2,
+                   clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> list[int]:
+    """Wait until every port can be bound, at most ``deadline_s`` seconds.
+
+    A service that crashed or was killed releases its port only once its last process
+    (orphaned workers included) is gone; on a loaded machine that takes seconds. ``up``
+    waits for that instead of calling the port taken at once.
+
+    Returns:
+        The ports still in use at the deadline (empty when all are free).
+    """
+    end = clock() + deadline_s
+    pending = [port for port in ports if port_in_use(port)]
+    while pending and clock() < end:
+        sleep(poll_s)
+        pending = [port for port in pending if port_in_use(port)]
+    return pending
+
+
+def release_ports(config: StackConfig, to_start: Iterable[Service], wait_s: float | None = None) -> list[tuple[Service, str]]:
+    """Free the ports of services about to start; returns (service, port name) still taken by someone else.
+
+    Processes left by an earlier run of the same service of this stack (the workers of a
+    crashed root, which carry this run dir and the service's name in their environment)
+    are stopped first: they are ours and would hold the port forever. Then the ports are
+    waited for, up to ``wait_s`` (default ``config.port_wait_s``).
+    """
+    services_ = list(to_start)
+    own_group = os.getpgrp()  # services run in their own sessions; never signal the group `up` runs in
+    leftovers = {service.name: [process for process in stack_processes(config, service.name)
+                                if _group(process) not in (None, own_group)] for service in services_}
+    leftovers = {name: processes for name, processes in leftovers.items() if processes}
+    if leftovers:
+        terminate(leftovers)
+    wanted = {config.ports[name]: (service, name) for service in services_ for name in service.ports}
+    still = wait_for_ports(wanted, config.port_wait_s if wait_s is None else wait_s)
+    return [wanted[port] for port in still]
+
+
+def _group(process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except OSError:
+        return None
+
+
 def _start(config: StackConfig, service: Service, env: Mapping[str, str]) -> None:
     logs = config.run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -586,12 +638,12 @@ def up(config: StackConfig, out=None) -> int:
         _print_urls(config, stack, skipped, out)
         return 0
 
-    taken = [(s, n) for s in to_start for n in s.ports if port_in_use(config.ports[n])]
+    taken = release_ports(config, to_start)
     if taken:
         for service, name in taken:
             variable, _ = PORTS[name]
-            print(f"error: port {config.ports[name]} ({service.name}) is already in use by another process; "
-                  f"stop it or choose another port with {variable}=<port>", file=sys.stderr)
+            print(f"error: port {config.ports[name]} ({service.name}) is still in use by another process after "
+                  f"{config.port_wait_s:.0f} s; stop it or choose another port with {variable}=<port>", file=sys.stderr)
         return 1
 
     config.airflow_home.mkdir(parents=True, exist_ok=True)

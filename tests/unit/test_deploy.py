@@ -182,3 +182,92 @@ def test_down_without_a_run_dir_is_a_no_op(tmp_path, capsys):
     config = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path / "never-started")})
     assert stack.down(config) == 0
     assert "nothing running" in capsys.readouterr().out
+
+
+# -- a crashed service's port: waited for, not called "already in use" ------------------------
+
+HOLD_PORT = """
+import socket, sys
+server = socket.socket()
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+print("listening", flush=True)
+sys.stdin.read()  # holds the port until its stdin closes (or it is killed)
+"""
+
+
+def _hold(port: int, env: dict | None = None):
+    import os
+    import subprocess
+
+    # Its own process group, as every service of the stack has (stopping one signals its group).
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_PORT, str(port)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                              start_new_session=True)
+    assert holder.stdout.readline().strip() == "listening"  # the port is taken now
+    return holder
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_up_waits_for_a_port_that_is_being_released():
+    port = _free_port()
+    holder = _hold(port)
+    waited = []
+
+    def sleep(seconds: float) -> None:  # the dying service finishes exiting while `up` waits
+        if not waited:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        waited.append(seconds)
+
+    try:
+        assert stack.port_in_use(port)
+        assert stack.wait_for_ports([port], 30, sleep=sleep) == []
+        assert waited  # it did wait: the port was busy when asked
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_port_still_held_at_the_deadline_is_reported_without_waiting_longer():
+    port = _free_port()
+    holder = _hold(port)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    try:
+        assert stack.wait_for_ports([port], 5.0, poll_s=0.5, clock=lambda: now[0], sleep=sleep) == [port]
+        assert 5.0 <= now[0] <= 5.5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_crashed_services_leftovers_are_stopped_and_a_strangers_port_is_reported(tmp_path):
+    """The root of `mlflow` died, its worker (same run dir, same service) still listens: `up` stops the
+    worker and starts; a port a process outside the stack holds is reported after the wait."""
+    mlflow_port, serving_port = _free_port(), _free_port()
+    config = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path), "STACK_MLFLOW_PORT": str(mlflow_port),
+                                         "STACK_SERVING_PORT": str(serving_port)})
+    orphan = _hold(mlflow_port, {stack.MARKER: str(config.run_dir), stack.SERVICE_MARKER: "mlflow"})
+    stranger = _hold(serving_port)
+    services = [stack.Service("mlflow", ["true"], ("mlflow",), lambda: None),
+                stack.Service("serving", ["true"], ("serving",), lambda: None)]
+    try:
+        taken = stack.release_ports(config, services, wait_s=1.0)
+        assert [(service.name, name) for service, name in taken] == [("serving", "serving")]
+        assert orphan.wait(timeout=30) is not None and not stack.port_in_use(mlflow_port)
+        assert stranger.poll() is None  # never signal a process that is not the stack's
+    finally:
+        for process in (orphan, stranger):
+            process.kill()
+            process.wait()
