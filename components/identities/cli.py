@@ -103,8 +103,9 @@ def main(args, settings, *, stdout: TextIO | None = None, stderr: TextIO | None 
         stdout, stderr, stdin: streams (default: the process's), for tests.
         after_delete: called with the store after a delete committed (``faces`` passes
             :func:`components.workflow.purge.purge`: the deleted faces' copies outside the
-            store go too); what it returns is printed under ``purged``. If it raises,
-            the delete stands, the error is printed and the exit code is 2.
+            store go too); what it returns is printed on stderr as ``purged: {JSON}``
+            (stdout keeps the delete's own JSON). If it raises, the delete stands, the
+            error is printed and the exit code is 2.
 
     Returns:
         0 on success, 1 when a delete was not confirmed, 2 on an error.
@@ -138,13 +139,14 @@ def main(args, settings, *, stdout: TextIO | None = None, stderr: TextIO | None 
             result = operations.delete_identity(store, args.identity, crops_root=crops_root(url, settings), actor=actor())
             if after_delete is not None:
                 try:
-                    result["purged"] = after_delete(store)
+                    purged = after_delete(store)
                 except Exception as error:  # noqa: BLE001 - the delete itself is done; say what is left
                     stdout.write(json.dumps(result, indent=2, default=str) + "\n")
                     stderr.write(f"error: identity {args.identity} is deleted, but copies of its faces outside the "
                                  f"store (batch artefacts, quarantine) could not be removed: {error}; "
                                  "run `faces purge` to finish\n")
                     return EXIT_ERROR
+                stderr.write(f"purged: {json.dumps(purged, default=str)}\n")
         else:
             raise operations.IdentityError(f"unknown operation {operation!r}")
     except operations.IdentityError as error:
