@@ -250,6 +250,9 @@ class RetrainParams:
         future_share: share of each identity's newest faces held out as "future photos".
         unseen_share: share of identities held out whole ("people never trained on").
         stream_batches: batches the LFW stream is fed in through the identity life cycle.
+        labels_remote: DVC remote (a folder or ``s3://bucket/prefix``) each cycle's label set
+            is pushed to under its md5 (DVC's own layout); "" keeps it only in MLflow.
+            ``$FACES_LABELS_REMOTE`` overrides it (``make up`` points it at the stack's S3).
     """
 
     min_faces: int = 5
@@ -263,6 +266,7 @@ class RetrainParams:
     future_share: float = 0.2
     unseen_share: float = 0.2
     stream_batches: int = 20
+    labels_remote: str = "runs/dvc-remote"
 
 
 @dataclass(frozen=True)

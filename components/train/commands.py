@@ -41,6 +41,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--limit-people", type=int, help="with --lfw: this many stream people (tests)")
     p.add_argument("--crops-root", help="where the store's relative crop paths start (folder or s3://bucket/prefix; "
                                         "default $FACES_CROPS_ROOT, else the SQLite file's folder)")
+    p.add_argument("--labels", metavar="MD5", help="rebuild the training set of an earlier cycle from its label set "
+                   "(the md5 of its faces.data_version, fetched from retrain.labels_remote): same store, same seed, "
+                   "same challenger")
     p.add_argument("--key", help="what identifies this request: the same key again returns the recorded outcome "
                                  "and registers nothing new (default: a new key per call)")
     p.add_argument("--workdir", default="runs/retrain", help="labels, challenger file and outcome, one folder per key")
@@ -101,14 +104,17 @@ def cmd_retrain(args, settings) -> int:
     try:
         outcome = retrain_cycle(settings, Path(args.workdir), key=key, labels_from="lfw" if args.lfw else "store",
                                 store_url=store_url, crops_root=args.crops_root, limit_people=args.limit_people,
-                                progress=not args.no_progress, log=_progress)
+                                labels_rev=args.labels, progress=not args.no_progress, log=_progress)
     except (RetrainError, TrackingError) as error:
         return _fail(str(error))
     figures = ("accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1")
-    print(json.dumps({"key": key, "decision": outcome["decision"], "labels": outcome["labels"],
-                      "evidence": outcome["evidence"],
-                      "champion": {k: outcome["champion"].get(k) for k in ("version", *figures)},
-                      "challenger": outcome["challenger"] and {k: outcome["challenger"].get(k)
-                                                               for k in ("version", *figures)}},
-                     indent=2, default=float))
+
+    def side(name: str):
+        model = outcome.get(name)
+        return model and {k: model.get(k) for k in ("version", *figures)}
+
+    # A request that had already registered its version reports only the decision it recorded.
+    print(json.dumps({"key": key, "decision": outcome["decision"], "labels": outcome.get("labels"),
+                      "evidence": outcome.get("evidence"), "champion": side("champion"),
+                      "challenger": side("challenger")}, indent=2, default=float))
     return 0

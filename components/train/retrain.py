@@ -409,8 +409,11 @@ class _Rows:
         return np.asarray(self.array[self.rows[index]])
 
 
+LABEL_COLUMNS = ("face_id", "label", "identity", "split", "order", "crop", "sha256")
+
+
 def write_labels(path: Path, data: LabelledFaces, split) -> str:
-    """The self-label set as CSV (face, label, crop key, crop sha256, split); returns its md5.
+    """The self-label set as CSV (:data:`LABEL_COLUMNS`); returns its md5.
 
     The md5 is the run's data version: the same labels and split give the same digest.
     """
@@ -421,12 +424,124 @@ def write_labels(path: Path, data: LabelledFaces, split) -> str:
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["face_id", "label", "identity", "split", "crop", "sha256"])
+        writer.writerow(LABEL_COLUMNS)
         for row in range(len(data)):
             writer.writerow([int(data.face_ids[row]), int(data.labels[row]), data.classes[data.labels[row]], role[row],
-                             data.meta["crop"][row], data.meta["sha256"][row]])
+                             int(data.meta["order"][row]), data.meta["crop"][row], data.meta["sha256"][row]])
     os.replace(tmp, path)
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+LABELS_REMOTE_ENV = "FACES_LABELS_REMOTE"
+
+
+def labels_remote(params: RetrainParams) -> str:
+    """``$FACES_LABELS_REMOTE``, else ``retrain.labels_remote``; a relative folder is the project's."""
+    remote = os.environ.get(LABELS_REMOTE_ENV, "").strip() or params.labels_remote
+    if remote and "://" not in remote and not Path(remote).is_absolute():
+        return str(PROJECT_ROOT / remote)
+    return remote
+
+
+def dvc_key(md5: str) -> str:
+    """Where DVC (3.x) keeps a file of this md5 in a remote: ``files/md5/<2>/<30>``."""
+    return f"files/md5/{md5[:2]}/{md5[2:]}"
+
+
+def push_labels(path: Path, md5: str, remote: str) -> str:
+    """Put a label set into a DVC remote (a folder or ``s3://bucket/prefix``) under its md5.
+
+    The layout is DVC's own, so ``dvc pull`` of a ``.dvc`` file naming that md5 fetches it,
+    and :func:`fetch_labels` (``faces retrain --labels MD5``) reads it back.
+
+    Returns:
+        The object's URI.
+    """
+    from components.storage import open_storage
+
+    storage = open_storage(remote)
+    key = dvc_key(md5)
+    if not storage.exists(key):  # content-addressed: the same labels are stored once
+        storage.put_file(key, path)
+    return storage.uri(key)
+
+
+def fetch_labels(md5: str, remote: str) -> list[dict]:
+    """The rows of the label set ``md5`` from the DVC remote, checked against their md5.
+
+    Raises:
+        RetrainError: not in the remote, or its bytes do not hash to ``md5``.
+    """
+    from components.storage import StorageError, open_storage
+
+    md5 = md5.removeprefix("labels-md5:").strip().lower()
+    if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
+        raise RetrainError(f"--labels {md5!r} is not an md5 (32 hex digits, the run's faces.data_version)")
+    try:
+        data = open_storage(remote).get_bytes(dvc_key(md5))
+    except StorageError as error:
+        raise RetrainError(f"label set {md5} is not in the DVC remote {remote}: {error}") from error
+    if hashlib.md5(data).hexdigest() != md5:
+        raise RetrainError(f"label set {md5} in {remote} is damaged: its bytes hash to {hashlib.md5(data).hexdigest()}")
+    rows = list(csv.DictReader(data.decode().splitlines()))
+    if not rows or set(LABEL_COLUMNS) - set(rows[0]):
+        raise RetrainError(f"label set {md5} has no rows or lacks the columns {LABEL_COLUMNS}")
+    return rows
+
+
+def store_data_from_labels(store_url: str, rows: list[dict], rev: str, crops_root: str | None = None) -> CycleData:
+    """The training set a recorded label set names: the same faces, labels and order, crops checked by sha256.
+
+    Raises:
+        RetrainError: a face is gone from the store, or its crop's bytes changed since.
+    """
+    from sqlalchemy import select
+
+    from components.identities import IdentityStore
+    from components.identities import store as db
+    from components.identities.crops import CropReader, crops_root_for
+    from components.track import redact_url
+    from components.train.data import CROP_SIZE, decode_crop
+
+    ids = [int(row["face_id"]) for row in rows]
+    store = IdentityStore(store_url)
+    try:
+        with store.session() as session:
+            found = {face.id: face for face in session.execute(
+                select(db.FaceRow.id, db.FaceRow.image_id, db.FaceRow.crop_path, db.FaceRow.label)
+                .where(db.FaceRow.id.in_(ids))).all()}
+    finally:
+        store.engine.dispose()
+    missing = [face for face in ids if face not in found]
+    if missing:
+        raise RetrainError(f"label set {rev}: {len(missing)} of its faces are no longer in the store "
+                           f"(e.g. face {missing[0]}); it cannot be rebuilt")
+    reader = CropReader(crops_root if crops_root else crops_root_for(store_url))
+    blobs = reader.read_many([found[face].crop_path for face in ids], errors="return")
+    x = np.zeros((len(ids), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    for i, (row, blob) in enumerate(zip(rows, blobs)):
+        if isinstance(blob, Exception):
+            raise RetrainError(f"label set {rev}: cannot read the crop of face {ids[i]}: {blob}") from blob
+        if hashlib.sha256(blob).hexdigest() != row["sha256"]:
+            raise RetrainError(f"label set {rev}: the crop of face {ids[i]} changed since the set was recorded")
+        x[i] = decode_crop(blob, f"face {ids[i]}")
+    labels = np.array([int(row["label"]) for row in rows], np.int64)
+    classes = {int(row["label"]): row["identity"] for row in rows}
+    photos = np.array([found[face].image_id for face in ids], np.int64)
+    meta = {"order": np.array([int(row["order"]) for row in rows], np.int64),
+            "truth": np.array([found[face].label for face in ids], object),
+            "crop": np.array([row["crop"] for row in rows], object),
+            "sha256": np.array([row["sha256"] for row in rows], object)}
+    faces = LabelledFaces(x, labels, [classes[k] for k in range(len(classes))], photos, np.array(ids, np.int64),
+                          _cannot_link(photos, labels), meta)
+    return CycleData(faces, f"label set {rev} of identity store {redact_url(store_url)}", {})
+
+
+def _cannot_link(photos: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Row pairs of one photo with different labels (two people seen together)."""
+    pairs = [(a, b) for a in range(len(photos)) for b in np.flatnonzero(photos == photos[a]) if b > a
+             and labels[a] != labels[b]]
+    return np.array(pairs, np.int64).reshape(-1, 2)
 
 
 # -- comparison ------------------------------------------------------------------------------------
@@ -501,7 +616,8 @@ def _finish_registered(info, key: str, log) -> dict:
 
 def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: str = "store",
                   store_url: str | None = None, crops_root: str | None = None, limit_people: int | None = None,
-                  params: RetrainParams | None = None, progress: bool = True, log=print) -> dict:
+                  labels_rev: str | None = None, params: RetrainParams | None = None, progress: bool = True,
+                  log=print) -> dict:
     """Run one retraining cycle; returns (and writes ``workdir/<key>/outcome.json``) what happened.
 
     Args:
@@ -514,6 +630,9 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
         crops_root: where the store's relative crop paths start (default: see
             :func:`components.identities.crops.crops_root_for`).
         limit_people: LFW subset (``labels_from="lfw"``; tests).
+        labels_rev: rebuild the training set of an earlier cycle from its label set (the md5
+            in its ``faces.data_version``), fetched from ``retrain.labels_remote``; seeded, the
+            same store gives the same challenger.
         params: overrides ``settings.retrain``.
         progress: progress bars.
         log: progress lines.
@@ -563,7 +682,15 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
         raise RetrainError(f"cannot use the champion: {error}") from error
 
     t0 = time.perf_counter()
-    if labels_from == "store":
+    if labels_rev:
+        if labels_from != "store":
+            raise RetrainError("a recorded label set (labels_rev) is rebuilt from the identity store only")
+        rows = fetch_labels(labels_rev, labels_remote(params))
+        data = store_data_from_labels(store_url, rows, labels_rev, crops_root)
+        timings["read_crops"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        features = pooled_features(champion, data.faces.x, progress)
+    elif labels_from == "store":
         data = store_data(store_url, params, crops_root)
         timings["read_crops"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -578,12 +705,21 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
                                seed=settings.base.seed)
     except EvidenceError as error:
         raise RetrainError(f"too little to hold out evidence: {error}") from error
+    if labels_rev:
+        recorded = np.array([row["split"] for row in rows], object)
+        role = np.full(len(faces), "train", object)
+        role[split.future], role[split.unseen] = "future", "unseen"
+        if not np.array_equal(recorded, role):
+            raise RetrainError(f"label set {labels_rev} was split with other retrain.future_share / unseen_share "
+                               "or seed; use the parameters of the run that recorded it")
     folder.mkdir(parents=True, exist_ok=True)
     labels_md5 = write_labels(folder / "labels.csv", faces, split)
+    remote = labels_remote(params)
+    labels_uri = push_labels(folder / "labels.csv", labels_md5, remote) if remote else None
     noise = label_noise(faces.labels, faces.meta["truth"])
     labels_report = {"source": data.source, "identities": len(faces.classes), "faces": len(faces),
                      "cannot_link_pairs": int(len(faces.cannot_link)), "dropped": data.dropped,
-                     "data_version": labels_md5, "against_folder_names": noise}
+                     "data_version": labels_md5, "dvc_remote_object": labels_uri, "against_folder_names": noise}
     evidence_report = {**split.summary(faces.labels), "future_share": params.future_share,
                        "unseen_share": params.unseen_share,
                        "measured_against": "self-labels (the champion's identities), not human names"}

@@ -241,6 +241,8 @@ def client_env(config: StackConfig, keys: Mapping[str, str]) -> dict[str, str]:
         "FACES_WORK_URI": config.workflow_uri,
         "FACES_STORE_URL": config.identity_store_url,
         "FACES_QUARANTINE_URI": f"s3://{config.bucket}/quarantine",
+        # Retraining's label sets go to the project's DVC remote `minio` (.dvc/config: s3://faces/dvc).
+        "FACES_LABELS_REMOTE": f"s3://{config.bucket}/dvc",
         "FACES_SERVING_URL": config.url("serving"),
         "FACES_API_KEY": keys["api_key"],
         "AIRFLOW_URL": config.url("airflow"),

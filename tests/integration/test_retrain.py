@@ -140,17 +140,40 @@ def test_a_cycle_from_the_store_registers_one_new_model_after_its_decision(tmp_p
     assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 2
 
 
-def test_the_gate_keeps_the_champion_when_the_challenger_does_not_clear_the_margin(tmp_path, store, mlflow_store):
-    """A margin above what any change of accuracy can give: the champion must stay, and says why."""
-    from components.track.registry import alias_version
+def test_the_gate_keeps_the_champion_and_a_label_set_rebuilds_the_same_challenger(tmp_path, store, mlflow_store):
+    """A margin no accuracy change can clear: the champion stays and says why. The cycle's label set
+    is in the DVC remote under its md5; `--labels MD5` rebuilds the same training set and, seeded,
+    the same challenger from the same champion."""
+    from components.track.registry import alias_version, resolve_version
+    from components.train.head import head_kernel
+    from components.train.loop import load_keras_model
+    from components.train.retrain import dvc_key
 
-    args = ["--params", _params(tmp_path, promote_margin=0.5), "retrain", "--db", store["url"], "--key", "strict",
-            "--no-progress", "--workdir", str(tmp_path / "work")]
-    done = _faces(args, mlflow_store)
+    remote = tmp_path / "dvc-remote"
+    env = {"FACES_LABELS_REMOTE": str(remote)}
+    params = _params(tmp_path, promote_margin=0.5)
+    done = _faces(["--params", params, "retrain", "--db", store["url"], "--key", "strict", "--no-progress",
+                   "--workdir", str(tmp_path / "work")], mlflow_store, env)
     assert done.returncode == 0, done.stderr[-3000:]
-    decision = json.loads(done.stdout)["decision"]
-    assert decision["decision"] == "keep" and "champion kept" in decision["reason"]
+    first = json.loads(done.stdout)
+    assert first["decision"]["decision"] == "keep" and "champion kept" in first["decision"]["reason"]
     assert alias_version("champion") == 1 and alias_version("challenger") == 2
+    md5 = first["labels"]["data_version"]
+    assert (remote / dvc_key(md5)).is_file() and first["labels"]["dvc_remote_object"].endswith(dvc_key(md5))
+
+    done = _faces(["--params", params, "retrain", "--db", store["url"], "--labels", md5, "--key", "rebuild",
+                   "--no-progress", "--workdir", str(tmp_path / "work")], mlflow_store, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads(done.stdout)
+    assert again["labels"]["data_version"] == md5 and again["labels"]["source"].startswith(f"label set {md5}")
+    assert again["challenger"]["version"] == 3
+    np.testing.assert_allclose(head_kernel(load_keras_model(resolve_version(3).path)),
+                               head_kernel(load_keras_model(resolve_version(2).path)), atol=1e-4)
+
+    # A label set that is not in the remote is a one-line error.
+    done = _faces(["retrain", "--db", store["url"], "--labels", "0" * 32, "--no-progress",
+                   "--workdir", str(tmp_path / "work")], mlflow_store, env)
+    assert done.returncode == 2 and "is not in the DVC remote" in done.stderr
 
 
 def test_too_small_a_store_is_refused_before_anything_is_registered(tmp_path, mlflow_store):

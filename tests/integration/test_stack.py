@@ -393,6 +393,11 @@ def test_face_retrain_from_the_store_with_the_trigger_forms_defaults(stack):
     assert int(client.get_model_version_by_alias("face-embedder", "challenger").version) == int(challenger.version)
     assert challenger.tags["origin"] == "self-labelled head re-fit"
     assert challenger.tags["faces.data_version"].startswith("labels-md5:")
+    # The cycle's label set is versioned in the project's DVC remote `minio` (s3://<bucket>/dvc) under its md5.
+    from components.train.retrain import dvc_key
+
+    md5 = challenger.tags["faces.data_version"].removeprefix("labels-md5:")
+    assert stack.minio().stat_object(stack.config.bucket, f"dvc/{dvc_key(md5)}").size > 0
     runs = client.search_runs([client.get_experiment_by_name("retrain").experiment_id],
                               filter_string=f"params.request_key = '{challenger.tags['faces.retrain.key']}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
