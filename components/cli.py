@@ -139,6 +139,12 @@ def cmd_bench_serve(args, settings) -> int:
     return bench_serve_main(args, settings)
 
 
+def cmd_bench_soak(args, settings) -> int:
+    from components.bench.soak import main as bench_soak_main
+
+    return bench_soak_main(args, settings)
+
+
 def cmd_bench_ingest(args, settings) -> int:
     from components.bench.ingest import run_benchmark, table
 
@@ -260,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured per level and endpoint")
     p.set_defaults(func=cmd_bench_serve)
+    p = bench_sub.add_parser("soak", help="the BentoML service under 32 clients for minutes while batches are "
+                                          "ingested: errors, memory growth, load average")
+    p.add_argument("--out", default="bench/results/soak.json")
+    p.add_argument("--minutes", type=float, default=10.0, help="how long the clients run (default 10)")
+    p.add_argument("--clients", type=int, default=32, help="closed-loop clients, half /verify, half /identify")
+    p.set_defaults(func=cmd_bench_soak)
     p = bench_sub.add_parser("reembed", help="a store of LFW's faces moved to a new model, beside plain embedding")
     p.add_argument("--out", default="bench/results/reembed.json")
     p.add_argument("--faces", type=int, help="first N cached LFW faces (default: all, 13k+)")
