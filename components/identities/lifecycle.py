@@ -54,6 +54,12 @@ Identity ids are stable: a face keeps its identity until a user moves it or a fu
 re-clustering runs; a pool re-clustering only adds faces to identities or creates
 new ones.
 
+Concurrent batches: every store wrapper below (and every user operation) takes the
+store's life-cycle lock first (:func:`components.identities.store.lock_lifecycle`), so
+several ``face_ingest`` runs and a ``face_recluster`` never interleave their reads and
+writes: a face is assigned or pooled once, and a medoid is never computed from a stale
+member list.
+
 Every function above the "store wrappers" line is pure (numpy in, numpy out) and
 takes the time as a value; the wrappers read the store, call the core, and write
 the result back in one transaction, with the time from an injectable clock.

@@ -765,7 +765,10 @@ class IdentityStore:
 
     def __init__(self, url: str):
         self.url = url
-        self.engine = create_engine(url, future=True)
+        # SQLite: a writer waits up to a minute for another's write lock (concurrent DAG tasks on
+        # the local stack) instead of failing after the driver's default 5 s.
+        connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
+        self.engine = create_engine(url, future=True, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             # SQLite ignores ON DELETE CASCADE unless asked, per connection; secure_delete overwrites
             # deleted rows with zeros, so a deleted person's embeddings do not linger in free pages.

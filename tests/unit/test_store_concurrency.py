@@ -1,4 +1,4 @@
-"""The identity store under concurrent writers on PostgreSQL (the production store).
+"""The identity store under concurrent writers, on PostgreSQL (the production store) and SQLite.
 
 Four batches store overlapping photos and run the life cycle's assign step while a
 fifth writer keeps re-clustering the pool, all at once on one database. Afterwards:
@@ -55,6 +55,14 @@ def postgres_url():
         admin.close()
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store_url(request, tmp_path):
+    """The production store (PostgreSQL) and the default one (a SQLite file, the local stack's)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'faces.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
 def face(vector: np.ndarray, index: int = 0) -> NewFace:
     return NewFace(face_index=index, box=(0, 0, 50, 50), landmarks=np.zeros((5, 2)), confidence=1.0, blur=1.0,
                    failures=[], embedding=vector, model_version="net+test", crop_path=f"crops/{index}.jpg")
@@ -102,10 +110,10 @@ def run_at_once(jobs: list, timeout: float = 120) -> list[BaseException]:
     return errors
 
 
-def test_four_batches_and_a_reclustering_at_once_keep_every_face_in_exactly_one_place(postgres_url):
-    IdentityStore(postgres_url).engine.dispose()  # tables once, before the race
+def test_four_batches_and_a_reclustering_at_once_keep_every_face_in_exactly_one_place(store_url):
+    IdentityStore(store_url).engine.dispose()  # tables once, before the race
     x = vectors()
-    stores = [IdentityStore(postgres_url) for _ in range(5)]
+    stores = [IdentityStore(store_url) for _ in range(5)]
     # Overlapping batches in different orders: most photos are offered by two batches at once.
     orders = [list(range(0, PHOTOS)), list(range(PHOTOS - 1, -1, -1)), list(range(0, PHOTOS, 2)),
               list(range(1, PHOTOS, 2))]
@@ -130,7 +138,7 @@ def test_four_batches_and_a_reclustering_at_once_keep_every_face_in_exactly_one_
         assert errors == [], [repr(error) for error in errors]
         # A last assign (as the next batch would) and a pool re-clustering leave nothing unseen.
         assign_new(stores[0], POLICY, now=AT + timedelta(minutes=2))
-        state = invariants(postgres_url)
+        state = invariants(store_url)
         assert state["images"] == state["distinct"] == PHOTOS
         assert len(state["usable"]) == PHOTOS
         assert state["assigned"] & state["pooled"] == set(), "a face both assigned and pooled"
