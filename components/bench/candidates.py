@@ -17,8 +17,9 @@ same 6,000 pairs:
 
 Scored as ``components.report.verification`` (threshold on nine folds, tested on the
 tenth); a photo without a face loses its pairs. Embeddings are cached under
-``bench/cache/candidates`` by model digest; the machine's load average is recorded
-before and after.
+``bench/cache/candidates`` by model digest, with the time they took (a re-run reports the
+time of the run that computed them); the machine's load average is recorded before and
+after.
 """
 
 from __future__ import annotations
@@ -95,16 +96,20 @@ def fusion_report(a: np.ndarray, b: np.ndarray, same: np.ndarray, folds: np.ndar
     return report
 
 
-def _cached_vectors(name: str, embedder, crops: np.ndarray, flip: bool, progress: bool) -> tuple[np.ndarray, float]:
-    """Embeddings (cached by model digest, flip and the crops' count) and the seconds it took (0 when cached)."""
-    import hashlib
+def _cached_vectors(name: str, embedder, digest: str, crops: np.ndarray, flip: bool,
+                    progress: bool) -> tuple[np.ndarray, float, bool]:
+    """Embeddings (cached by model digest, flip and crops), the seconds they took, and whether they were cached.
 
-    from components.embed.embedder import model_digest
+    The seconds are those of the run that computed them (kept beside the cached vectors).
+    """
+    import hashlib
+    import json
 
     key = hashlib.sha256(np.ascontiguousarray(crops[:: max(1, len(crops) // 64)]).tobytes()).hexdigest()[:10]
-    path = CACHE_DIR / f"{name}_{model_digest(embedder.model_path)[:12]}_{len(crops)}_{key}.npy"
-    if path.is_file():
-        return np.load(path), 0.0
+    path = CACHE_DIR / f"{name}_{digest[:12]}_{len(crops)}_{key}.npy"
+    timing = path.with_suffix(".json")
+    if path.is_file() and timing.is_file():
+        return np.load(path), float(json.loads(timing.read_text())["seconds"]), True
     if progress:
         print(f"embedding {len(crops)} crops: {name}", file=sys.stderr, flush=True)
     started = time.perf_counter()
@@ -114,7 +119,8 @@ def _cached_vectors(name: str, embedder, crops: np.ndarray, flip: bool, progress
     tmp = path.with_name(f".{path.stem}.tmp.npy")
     np.save(tmp, vectors)
     os.replace(tmp, path)
-    return vectors, seconds
+    timing.write_text(json.dumps({"seconds": seconds, "load_average": os.getloadavg()}))
+    return vectors, seconds, False
 
 
 def run_benchmark(settings: Settings, out: Path, progress: bool = True, command: str = "faces bench candidates") -> dict:
@@ -159,15 +165,20 @@ def run_benchmark(settings: Settings, out: Path, progress: bool = True, command:
         "faceres_flip": "the same, test-time flip",
         "fusion": "w * dlib_flip + (1 - w) * faceres_flip, w fitted on the nine training folds of each split",
     }
+    from components.embed import MODEL_NAME as DLIB_NAME
+    from components.embed.embedder import model_digest
+
+    digests = {name: model_digest(embedder.model_path) for name, embedder in models.items()}
+    labels = {"dlib": f"{DLIB_NAME}+{digests['dlib'][:12]}", "faceres": f"{faceres.MODEL_NAME}+{digests['faceres'][:12]}"}
     rows, all_scores = {}, {}
     for name, flip in (("dlib", False), ("dlib_flip", True), ("faceres", False), ("faceres_flip", True)):
-        embedder = models[name.split("_")[0]]
-        vectors, seconds = _cached_vectors(name, embedder, crops, flip, progress)
+        model = name.split("_")[0]
+        vectors, seconds, cached = _cached_vectors(name, models[model], digests[model], crops, flip, progress)
         all_scores[name] = scores(vectors)
-        rows[name] = {"description": descriptions[name], "model": embedder.version, "dimensions": int(vectors.shape[1]),
+        rows[name] = {"description": descriptions[name], "model": labels[model], "dimensions": int(vectors.shape[1]),
                       **verification_report(all_scores[name], same, folds),
-                      "embed_seconds": round(seconds, 1) if seconds else "cached",
-                      "crops_per_second": round(len(crops) * (2 if flip else 1) / seconds, 1) if seconds else None}
+                      "embed_seconds": round(seconds, 1), "embeddings_cached": cached,
+                      "forward_passes_per_second": round(len(crops) * (2 if flip else 1) / seconds, 1)}
     rows["fusion"] = {"description": descriptions["fusion"],
                       **fusion_report(all_scores["dlib_flip"], all_scores["faceres_flip"], same, folds)}
     result = {
