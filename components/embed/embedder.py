@@ -36,6 +36,26 @@ def model_digest(model_path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_family(model_path: Path) -> str:
+    """The name a model's version string starts with: FaceRes's for a FaceRes model, else ``MODEL_NAME``.
+
+    Read from the ``.keras`` archive's config (the Keras model's name) without loading it;
+    the dlib model and every model trained from it keep ``MODEL_NAME``.
+    """
+    import json
+
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            name = json.loads(archive.read("config.json")).get("config", {}).get("name")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return MODEL_NAME
+    if name == "faceres":
+        from components.embed.faceres import MODEL_NAME as FACERES_NAME
+
+        return FACERES_NAME
+    return MODEL_NAME
+
+
 class Embedder:
     """Maps aligned 150x150 RGB face crops to 128-D unit-norm embeddings.
 
@@ -71,13 +91,13 @@ class Embedder:
 
     @property
     def version(self) -> str:
-        """Model identity: ``MODEL_NAME`` plus a short ``model_digest`` of the file.
+        """Model identity: ``model_family`` (``MODEL_NAME`` for the dlib model) plus a short ``model_digest``.
 
         Store it next to embeddings: vectors from different versions must not
         be compared. Reconverting the same weights gives the same version.
         """
         if self._version is None:
-            self._version = f"{MODEL_NAME}+{model_digest(self.model_path)[:12]}"
+            self._version = f"{model_family(self.model_path)}+{model_digest(self.model_path)[:12]}"
         return self._version
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
