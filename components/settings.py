@@ -237,12 +237,17 @@ class RetrainParams:
 
     Attributes:
         min_faces: identities with fewer faces give no training labels.
-        min_cohesion: ... nor those whose members' mean cosine similarity to the medoid is lower.
+        cohesion_slack: ... nor those whose members' mean cosine similarity to the medoid falls
+            more than this below the model's assign threshold (a threshold of the model's own
+            scale: a re-fitted head spreads similarities differently from the pretrained one).
         promote_metric: held-out figure that decides promotion (components.train.retrain.METRICS):
             verification on the held-out evidence pairs (``accuracy``, ``auc``, ``tar_at_far_1e-3``)
             or clustering of the identities held out whole (``pairwise_f1``, ``bcubed_f1``).
         promote_margin: the challenger becomes champion only when it beats the champion's
-            ``promote_metric`` by at least this.
+            ``promote_metric`` by at least this ...
+        guard_margin: ... and falls by no more than this on any other held-out figure ...
+        max_p_value: ... and is right on significantly more evidence pairs than the champion
+            (McNemar's exact test on the pairs the two models decide differently).
         loss: cosine loss of the head re-fit (components.train.head.HEAD_LOSSES).
         learning_rate: peak Adam step size (warm-up, then cosine decay to zero).
         steps: optimiser steps of the head re-fit.
@@ -256,9 +261,11 @@ class RetrainParams:
     """
 
     min_faces: int = 5
-    min_cohesion: float = 0.9
+    cohesion_slack: float = 0.045
     promote_metric: str = "accuracy"
     promote_margin: float = 0.002
+    guard_margin: float = 0.02
+    max_p_value: float = 0.05
     loss: str = "cosface"
     learning_rate: float = 1e-3
     steps: int = 300

@@ -26,8 +26,8 @@ IDENTITIES = Asset("faces://identities")
 # The trigger form's choices, as the code that checks them names them (no second list to keep in step).
 METRICS = ("accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1")  # components.train.retrain.METRICS
 HEAD_LOSSES = ("cosface", "arcface")  # components.train.head.HEAD_LOSSES
-OVERRIDES = ("steps", "learning_rate", "loss", "anchor", "min_faces", "min_cohesion", "future_share", "unseen_share",
-             "promote_metric", "promote_margin")
+OVERRIDES = ("steps", "learning_rate", "loss", "anchor", "min_faces", "cohesion_slack", "future_share", "unseen_share",
+             "promote_metric", "promote_margin", "guard_margin", "max_p_value")
 CHAMPION = Asset("faces://champion")
 
 
@@ -54,8 +54,8 @@ def _optional(kind: str, title: str, description: str, **limits) -> Param:
         "loss": _optional("string", "Loss", "Empty: retrain.loss.", enum=[None, *HEAD_LOSSES]),
         "anchor": _optional("number", "Pull towards the champion's head", "Empty: retrain.anchor.", minimum=0),
         "min_faces": _optional("integer", "Faces per self-labelled identity", "Empty: retrain.min_faces.", minimum=3),
-        "min_cohesion": _optional("number", "Cohesion of a self-labelled identity", "Empty: retrain.min_cohesion.",
-                                  minimum=-1, maximum=1),
+        "cohesion_slack": _optional("number", "Cohesion slack of a self-labelled identity",
+                                    "Empty: retrain.cohesion_slack.", minimum=0, maximum=2),
         "future_share": _optional("number", "Newest faces held out", "Empty: retrain.future_share.",
                                   exclusiveMinimum=0, exclusiveMaximum=1),
         "unseen_share": _optional("number", "Identities held out whole", "Empty: retrain.unseen_share.",
@@ -63,6 +63,10 @@ def _optional(kind: str, title: str, description: str, **limits) -> Param:
         "promote_metric": _optional("string", "Promotion metric", "Empty: retrain.promote_metric.",
                                     enum=[None, *METRICS]),
         "promote_margin": _optional("number", "Promotion margin", "Empty: retrain.promote_margin."),
+        "guard_margin": _optional("number", "Largest fall allowed on the other figures", "Empty: retrain.guard_margin.",
+                                  minimum=0),
+        "max_p_value": _optional("number", "Significance of the win (McNemar p below)", "Empty: retrain.max_p_value.",
+                                 exclusiveMinimum=0, maximum=1),
     },
 )
 def face_retrain():

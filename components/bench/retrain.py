@@ -8,7 +8,7 @@ models, side by side in one run:
 * **self-labelled**: the head re-fitted (:mod:`components.train.head`) on the
   identities the identity life cycle finds in the stream with the champion's own
   thresholds (:func:`components.train.retrain.stream_labels`), kept by
-  ``retrain.min_faces`` / ``retrain.min_cohesion``, as a cycle does;
+  ``retrain.min_faces`` / ``retrain.cohesion_slack``, as a cycle does;
 * **oracle**: the same method on the stream's true names: the most the method can
   give, to tell how much of it the self-labels reach.
 
@@ -233,7 +233,7 @@ def run_protocol(protocol: Protocol, features: np.ndarray, faces, kernel: np.nda
     from components.embed.thresholds import Thresholds
     from components.train.data import select_self_labels
     from components.train.head import fit_head, project
-    from components.train.retrain import label_quality, stream_labels
+    from components.train.retrain import label_quality, min_cohesion, stream_labels
 
     params = settings.retrain
     truth = faces.names[faces.photo]
@@ -243,7 +243,7 @@ def run_protocol(protocol: Protocol, features: np.ndarray, faces, kernel: np.nda
     identity = stream_labels(pretrained[stream], faces.photo[stream], Thresholds.from_settings(settings).cluster,
                              settings, params.stream_batches)
     chosen = select_self_labels(pretrained[stream], identity, faces.photo[stream], params.min_faces,
-                                params.min_cohesion)
+                                min_cohesion(params, Thresholds.from_settings(settings)))
     labelling_s = time.perf_counter() - began
     rows = {"pretrained": {**_figures(pretrained, protocol), "moved": 0.0}}
     labels_report = {"identities": len(chosen.identities), "faces": int(len(chosen.rows)),
@@ -326,7 +326,7 @@ def run_benchmark(settings: Settings, out: Path, command: str, protocols: list[s
                     "load_before": load_before, "load_after": _load()},
         "model": {"version": model_ref.registry_version, "source": model_ref.source},
         "method": {"name": "head re-fit (components/train/head.py)", **asdict(config)},
-        "self_labels": {"min_faces": settings.retrain.min_faces, "min_cohesion": settings.retrain.min_cohesion,
+        "self_labels": {"min_faces": settings.retrain.min_faces, "cohesion_slack": settings.retrain.cohesion_slack,
                         "stream_batches": settings.retrain.stream_batches},
         "degradation": DEGRADATION,
         "protocols": results,

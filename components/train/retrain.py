@@ -8,8 +8,9 @@ One cycle (:func:`retrain_cycle`), keyed by the request that started it (the DAG
 2. **Self-labels**: the identity store's identities (``labels_from="store"``, the
    default), or the LFW stream run through the identity life cycle with the champion
    (``labels_from="lfw"``, a benchmark option). Identities with at least
-   ``retrain.min_faces`` faces and a mean similarity to their medoid of at least
-   ``retrain.min_cohesion`` are kept; two faces of one photo are a cannot-link pair.
+   ``retrain.min_faces`` faces whose mean similarity to their medoid is no more than
+   ``retrain.cohesion_slack`` below the model's assign threshold are kept; two faces of
+   one photo are a cannot-link pair.
    The set (face ids, labels, crop keys and the sha256 of each crop, the held-out split)
    is written as ``labels.csv``; its md5 is the run's ``faces.data_version``.
 3. **Evidence, held out before any training** (:mod:`components.train.evidence`): the
@@ -22,7 +23,9 @@ One cycle (:func:`retrain_cycle`), keyed by the request that started it (the DAG
 5. **Comparison** on the evidence: both models' verification figures, and the
    clustering of the held-out identities at each model's threshold calibrated on the
    training faces. :func:`decide` promotes only when the challenger beats the champion
-   by ``retrain.promote_margin`` on ``retrain.promote_metric``.
+   by ``retrain.promote_margin`` on ``retrain.promote_metric``, falls by no more than
+   ``retrain.guard_margin`` on the other verification figure, and is right on
+   significantly more evidence pairs (McNemar's exact test, ``retrain.max_p_value``).
 6. **Registration after the decision**: the challenger (the champion's network with the
    new head) becomes a version with its calibrated thresholds, the cycle's figures and
    the request key as tags, alias ``challenger``; ``champion`` moves when it won. A
@@ -52,8 +55,14 @@ from components.train.loop import CheckpointError, load_keras_model
 
 EXPERIMENT = "retrain"
 FEATURE_CACHE = PROJECT_ROOT / "bench" / "cache" / "retrain_features"
-COARSE_GRID = np.round(np.arange(0.40, 0.981, 0.02), 3)
+# Wide: a re-fitted head's similarities spread far lower than the pretrained model's.
+COARSE_GRID = np.round(np.arange(0.10, 0.981, 0.02), 3)
 METRICS = ("accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1")
+# The figures the guard watches. Not clustering: the held-out identities are the champion's own
+# clusters, so the champion reproduces them by construction (F = 1.0) and any other model looks
+# worse; not TAR at FAR 1e-3 either: a store's evidence has a few thousand different pairs at
+# most, so that figure turns on a handful of them.
+GUARD_METRICS = ("accuracy", "auc")
 LABEL_SOURCES = ("store", "lfw")
 KEY_TAG = "faces.retrain.key"
 CALIBRATION_FACES = 2000  # training faces the cluster threshold is calibrated on (whole identities, seeded)
@@ -181,20 +190,61 @@ def calibrate_threshold(x: np.ndarray, names: np.ndarray, seed: int) -> tuple[fl
 
 
 
-def decide(champion: dict, challenger: dict, metric: str, margin: float) -> dict:
-    """Promote only when the challenger beats the champion by ``margin`` on ``metric``."""
+def paired_test(champion_right: np.ndarray, challenger_right: np.ndarray) -> dict:
+    """McNemar's exact test on the pairs only one of the two models decides right.
+
+    Returns:
+        ``challenger_only``, ``champion_only`` (pair counts) and ``p_value``: the chance of
+        the challenger winning at least that many of the split pairs if both were as good.
+    """
+    from scipy.stats import binomtest
+
+    wins = int(np.sum(challenger_right & ~champion_right))
+    losses = int(np.sum(champion_right & ~challenger_right))
+    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    return {"challenger_only": wins, "champion_only": losses, "p_value": round(float(p), 6)}
+
+
+def decide(champion: dict, challenger: dict, metric: str, margin: float, guard_margin: float | None = None,
+           max_p_value: float | None = None) -> dict:
+    """Promote only when the challenger beats the champion by ``margin`` on ``metric`` and falls
+    by no more than ``guard_margin`` on the other figures of :data:`GUARD_METRICS` (None: no guard).
+
+    A head that gains accuracy while its ranking of pairs (AUC) gets worse is not a better
+    model; the guard says which figure stopped it. With ``max_p_value``, both dicts carry
+    ``_right`` (which evidence pairs each model decides right at its own threshold) and
+    the win must be significant: one pair more out of a few hundred is luck, not a model.
+    """
     if metric not in METRICS:
         raise ValueError(f"retrain.promote_metric must be one of {METRICS}; got {metric!r}")
     delta = challenger[metric] - champion[metric]
-    promote = bool(delta >= margin)
+    fallen = {} if guard_margin is None else {
+        m: round(challenger[m] - champion[m], 5) for m in GUARD_METRICS
+        if m != metric and m in champion and challenger[m] < champion[m] - guard_margin}
+    paired = None
+    if max_p_value is not None and "_right" in champion and "_right" in challenger:
+        paired = paired_test(np.asarray(champion["_right"]), np.asarray(challenger["_right"]))
+    luck = paired is not None and paired["p_value"] > max_p_value
+    promote = bool(delta >= margin and not fallen and not luck)
+    if promote:
+        reason = (f"challenger {metric} {challenger[metric]:.4f} beats champion {champion[metric]:.4f} by "
+                  f"{delta:+.4f} >= {margin}")
+    elif delta < margin:
+        reason = (f"challenger {metric} {challenger[metric]:.4f} vs champion {champion[metric]:.4f}: "
+                  f"{delta:+.4f} < margin {margin}; champion kept")
+    elif fallen:
+        reason = (f"challenger {metric} {challenger[metric]:.4f} beats champion {champion[metric]:.4f} by "
+                  f"{delta:+.4f}, but " + ", ".join(f"{m} falls by {-d:.4f}" for m, d in fallen.items())
+                  + f" (more than guard_margin {guard_margin}); champion kept")
+    else:
+        reason = (f"challenger {metric} {challenger[metric]:.4f} beats champion {champion[metric]:.4f} by "
+                  f"{delta:+.4f}, but it is right on {paired['challenger_only']} pairs the champion gets wrong "
+                  f"and wrong on {paired['champion_only']} it gets right: p = {paired['p_value']:.3g} > "
+                  f"max_p_value {max_p_value}, not a significant win; champion kept")
     return {"decision": "promote" if promote else "keep", "metric": metric, "margin": margin,
+            "guard_margin": guard_margin, "fallen": fallen, "paired": paired, "max_p_value": max_p_value,
             "champion": champion[metric], "challenger": challenger[metric], "delta": round(delta, 5),
-            "reason": (f"challenger {metric} {challenger[metric]:.4f} beats champion {champion[metric]:.4f} by "
-                       f"{delta:+.4f} >= {margin}") if promote else
-                      (f"challenger {metric} {challenger[metric]:.4f} vs champion {champion[metric]:.4f}: "
-                       f"{delta:+.4f} < margin {margin}; champion kept")}
-
-
+            "reason": reason}
 
 
 def stream_labels(embeddings: np.ndarray, photo_ids: np.ndarray, threshold: float, settings: Settings,
@@ -260,6 +310,8 @@ def check_params(params: RetrainParams) -> RetrainParams:
     from components.train.head import HEAD_LOSSES
 
     problems = []
+    if not params.guard_margin >= 0:
+        problems.append(f"guard_margin must be 0 or more, got {params.guard_margin}")
     if params.promote_metric not in METRICS:
         problems.append(f"promote_metric {params.promote_metric!r} is not one of {', '.join(METRICS)}")
     if params.loss not in HEAD_LOSSES:
@@ -277,8 +329,10 @@ def check_params(params: RetrainParams) -> RetrainParams:
     for name in ("future_share", "unseen_share"):
         if not 0 < getattr(params, name) < 1:
             problems.append(f"{name} must be between 0 and 1, got {getattr(params, name)}")
-    if not -1 <= params.min_cohesion <= 1:
-        problems.append(f"min_cohesion is a cosine similarity in [-1, 1], got {params.min_cohesion}")
+    if not 0 <= params.cohesion_slack <= 2:
+        problems.append(f"cohesion_slack is a difference of cosine similarities in [0, 2], got {params.cohesion_slack}")
+    if not 0 < params.max_p_value <= 1:
+        problems.append(f"max_p_value must be in (0, 1], got {params.max_p_value}")
     if problems:
         raise RetrainError("bad retraining parameters: " + "; ".join(problems))
     return params
@@ -346,15 +400,24 @@ class CycleData:
     dropped: dict[str, int]
 
 
-def store_data(store_url: str, params: RetrainParams, crops_root: str | None = None) -> CycleData:
+def min_cohesion(params: RetrainParams, thresholds) -> float:
+    """The cohesion an identity needs to give labels, on the scale of the model that made it."""
+    return thresholds.assign - params.cohesion_slack
+
+
+def store_data(store_url: str, params: RetrainParams, settings: Settings, crops_root: str | None = None) -> CycleData:
     """The identity store's identities and their crops (read through components/storage)."""
+    from components.embed.thresholds import Thresholds
     from components.identities import IdentityStore
     from components.track import redact_url
     from components.train.data import from_store
 
     store = IdentityStore(store_url)
     try:
-        faces, chosen = from_store(store, params.min_faces, params.min_cohesion, crops_root=crops_root)
+        # Cohesion on the scale of the model whose embeddings the store holds.
+        record = store.model()
+        thresholds = Thresholds.from_dict(record.thresholds) if record else Thresholds.from_settings(settings)
+        faces, chosen = from_store(store, params.min_faces, min_cohesion(params, thresholds), crops_root=crops_root)
     except TrainingDataError as error:
         raise RetrainError(f"no training labels from the identity store: {error}") from error
     finally:
@@ -381,7 +444,8 @@ def lfw_data(settings: Settings, params: RetrainParams, model, kernel: np.ndarra
     embeddings = project(features[:, 0], kernel)
     identity = stream_labels(embeddings, faces.photo[rows], Thresholds.from_settings(settings).cluster, settings,
                              params.stream_batches)
-    chosen = select_self_labels(embeddings, identity, faces.photo[rows], params.min_faces, params.min_cohesion)
+    chosen = select_self_labels(embeddings, identity, faces.photo[rows], params.min_faces,
+                                min_cohesion(params, Thresholds.from_settings(settings)))
     picked = rows[chosen.rows]
     truth = faces.names[faces.photo[picked]].astype(object)
     meta = {"order": np.arange(len(picked)), "truth": truth,
@@ -561,15 +625,27 @@ def _calibration_rows(labels: np.ndarray, rows: np.ndarray, seed: int) -> np.nda
     return np.sort(np.concatenate(kept))
 
 
-def compare(embeddings: np.ndarray, labels: np.ndarray, split, seed: int) -> dict:
+def compare(embeddings: np.ndarray, labels: np.ndarray, split, seed: int, truth: np.ndarray | None = None) -> dict:
     """One model's figures on the evidence: verification pairs, and clustering of the unseen identities.
 
     The clustering threshold is calibrated on training faces (best BCubed F of Chinese
-    Whispers against the self-labels), never on the identities it is measured on.
+    Whispers against the self-labels), never on the identities it is measured on. Where
+    the faces have folder names (``truth``), the same pairs are also scored against them
+    (``against_folder_names``): a diagnostic of what the self-labels hide, never the decision.
     """
-    from components.train.evidence import evaluate_split
+    from components.train.evidence import evaluate_split, verification_figures
 
     out = evaluate_split(embeddings, split)
+    out["_right"] = (out["_scores"] >= out["verification_threshold"]) == split.same
+    if truth is not None:
+        named = np.array([bool(t) for t in truth], bool)
+        both = named[split.pairs[:, 0]] & named[split.pairs[:, 1]]
+        pairs = split.pairs[both]
+        same = np.asarray(truth, object)[pairs[:, 0]] == np.asarray(truth, object)[pairs[:, 1]]
+        if same.any() and (~same).any() and both.sum() >= 20:
+            figures = verification_figures(out["_scores"][both], same, split.folds[both])
+            out["against_folder_names"] = {"pairs": int(both.sum()), **{k: figures[k] for k in
+                                                                       ("accuracy", "auc", "tar_at_far_1e-3")}}
     calibration = _calibration_rows(labels, split.train, seed)
     threshold, _ = calibrate_threshold(embeddings[calibration], labels[calibration], seed)
     clustering = _cluster_scores(embeddings[split.unseen], labels[split.unseen], threshold, seed)
@@ -691,7 +767,7 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
         t0 = time.perf_counter()
         features = pooled_features(champion, data.faces.x, progress)
     elif labels_from == "store":
-        data = store_data(store_url, params, crops_root)
+        data = store_data(store_url, params, settings, crops_root)
         timings["read_crops"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         features = pooled_features(champion, data.faces.x, progress)
@@ -734,17 +810,19 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
     timings["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    champion_eval = compare(project(features[:, 0], kernel), faces.labels, split, settings.base.seed)
+    truth = faces.meta.get("truth")
+    champion_eval = compare(project(features[:, 0], kernel), faces.labels, split, settings.base.seed, truth)
     identical = bool(np.array_equal(fit.kernel, kernel))
     challenger_eval = None if identical else compare(project(features[:, 0], fit.kernel), faces.labels, split,
-                                                     settings.base.seed)
+                                                     settings.base.seed, truth)
     timings["compare"] = time.perf_counter() - t0
     if identical:
         # Training that returns its starting weights is no model: nothing to compare or register.
         decision = {"decision": "no_model", "metric": params.promote_metric, "margin": params.promote_margin,
                     "reason": "the re-fitted head equals the champion's: no new model; champion kept"}
     else:
-        decision = decide(champion_eval, challenger_eval, params.promote_metric, params.promote_margin)
+        decision = decide(champion_eval, challenger_eval, params.promote_metric, params.promote_margin,
+                          params.guard_margin, params.max_p_value)
     log(f"{key}: {decision['reason']}")
 
     run_params = {"request_key": key, "champion_version": champion_version, "labels_from": labels_from,
@@ -764,9 +842,9 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
         if challenger_eval is not None:
             metrics.update({f"challenger_{m}": challenger_eval[m] for m in METRICS})
             metrics.update({f"delta_{row['metric']}": row["delta"] for row in side_by_side})
-            for kind in ("future", "unseen"):
+            for kind in ("future", "unseen", "against_folder_names"):
                 metrics.update({f"{who}_{kind}_{m}": value[kind][m] for who, value in
-                                (("champion", champion_eval), ("challenger", challenger_eval))
+                                (("champion", champion_eval), ("challenger", challenger_eval)) if kind in value
                                 for m in ("accuracy", "auc", "tar_at_far_1e-3")})
         metrics["promoted"] = float(decision["decision"] == "promote")
         mlflow.log_metrics(metrics)
@@ -809,6 +887,7 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
     for item in (champion_eval, challenger_eval):
         if item is not None:
             item.pop("_scores", None)
+            item.pop("_right", None)
     timings["total"] = time.perf_counter() - began
     outcome = {"key": key, "decision": decision, "labels": labels_report, "evidence": evidence_report,
                "training": {"method": "head re-fit", "moved": round(fit.moved, 5), "history": fit.history,

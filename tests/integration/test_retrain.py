@@ -216,6 +216,15 @@ def test_decision_needs_the_margin():
     assert decide(champion, {"accuracy": 0.980, "bcubed_f1": 0.9}, "bcubed_f1", 0.05)["decision"] == "promote"
     with pytest.raises(ValueError, match="promote_metric"):
         decide(champion, champion, "loss", 0.0)
+    # The guard: a gain on the promotion metric does not excuse a collapse elsewhere.
+    champion = {"accuracy": 0.94, "auc": 0.99, "tar_at_far_1e-3": 0.72, "pairwise_f1": 1.0, "bcubed_f1": 1.0}
+    guarded = decide(champion, {"accuracy": 0.95, "auc": 0.95, "tar_at_far_1e-3": 0.9, "pairwise_f1": 1.0,
+                                "bcubed_f1": 1.0}, "accuracy", 0.002, guard_margin=0.02)
+    assert guarded["decision"] == "keep" and set(guarded["fallen"]) == {"auc"}
+    assert "auc falls by 0.0400" in guarded["reason"]
+    # Clustering of the held-out identities (the champion's own clusters) does not stop a winner.
+    assert decide(champion, {"accuracy": 0.95, "auc": 0.989, "tar_at_far_1e-3": 0.60, "pairwise_f1": 0.76,
+                             "bcubed_f1": 0.84}, "accuracy", 0.002, guard_margin=0.02)["decision"] == "promote"
 
 
 def test_retrain_from_a_password_protected_store_writes_the_password_nowhere(tmp_path, mlflow_store,
