@@ -113,7 +113,8 @@ def run_soak(settings: Settings, out: Path, *, minutes: float = 10.0, clients: i
         key = secrets.token_hex(16)
         env = {**os.environ, "FACES_API_KEY": key, "BENTOML_HOME": str(work / "bentoml"), "TF_CPP_MIN_LOG_LEVEL": "2",
                "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(PROJECT_ROOT),
-               "FACES_WORK_URI": str(work / "workflow"), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+               "FACES_WORK_URI": str(work / "workflow"), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+               "FACES_QUARANTINE_URI": str(work / "quarantine"), "FACES_PARAMS": _params_file(work)}
         try:
             env["FACES_STORE_URL"] = _build_store(work, people, env, store_url)
             result["store"] = "postgresql" if store_url else "sqlite"
@@ -144,6 +145,19 @@ def run_soak(settings: Settings, out: Path, *, minutes: float = 10.0, clients: i
                        "memory_growth_mb": result["memory"]["growth_mb"]}
     save_result(out, result)
     return result
+
+
+def _params_file(work: Path) -> str:
+    """The run's params.yaml with Data Docs of rejected batches kept in the soak's own folder."""
+    import yaml
+
+    params = yaml.safe_load(Path(os.environ.get("FACES_PARAMS") or PROJECT_ROOT / "params.yaml").read_text())
+    params.setdefault("validate", {})["docs_dir"] = str(work / "validation")
+    base = params.setdefault("base", {})
+    base["models_dir"] = str(PROJECT_ROOT / base.get("models_dir", "models"))  # relative paths start at the params file
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
 
 
 def _build_store(work: Path, people: list[str], env: dict, store_url: str | None) -> str:

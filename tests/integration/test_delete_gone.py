@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -63,15 +64,19 @@ def test_deleting_a_person_removes_every_copy_of_their_faces(seaweedfs_s3, tmp_p
     (bad / "broken.jpg").write_bytes(doomed_photo.read_bytes()[:300])  # truncated: fails the image suite
 
     store = tmp_path / "faces.db"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["validate"]["docs_dir"] = str(tmp_path / "validation")  # Data Docs of the rejected batch: here, not in runs/
+    params["base"]["models_dir"] = str(ROOT / params["base"]["models_dir"])  # relative paths start at the params file
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {key: value for key, value in os.environ.items() if not key.startswith(("FACES_", "MLFLOW_"))}
     env.update(seaweedfs_s3.env(), FACES_WORK_URI=f"s3://{bucket}/work", FACES_QUARANTINE_URI=f"s3://{bucket}/quarantine",
                FACES_STORE_URL=f"sqlite:///{store}", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-               TF_CPP_MIN_LOG_LEVEL="3")
+               FACES_PARAMS=str(tmp_path / "params.yaml"), TF_CPP_MIN_LOG_LEVEL="3")
     python = [sys.executable, "-m", "components.workflow"]
     command([*python, "ingest", "--batch", str(photos), "--batch-id", "people", "--shard-size", "3", "--folder-labels"],
             env, tmp_path)
     rejected = command([*python, "ingest", "--batch", str(bad), "--batch-id", "broken"], env, tmp_path, ok=(3,))
-    assert "quarantine" in rejected.stderr
+    assert "quarantine" in rejected.stderr and (tmp_path / "validation" / "broken").is_dir()
 
     from components.storage import open_storage
 
