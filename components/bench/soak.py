@@ -231,23 +231,33 @@ def _soak(url, key, pid, env, work, verify_files, identify_files, batches, durat
     stop.set()
     sampler.join(timeout=30)
     ingester.join(timeout=1800)  # the batch in flight finishes (nothing is killed midway)
-    memory = [row["rss_mb"] for row in samples if row["rss_mb"] is not None]
-    half = [row for row in samples if row["rss_mb"] is not None and row["t_s"] >= duration_s / 2]
-    slope = None
-    if len(half) >= 3:
-        t = np.array([row["t_s"] for row in half]) / 60.0
-        slope = round(float(np.polyfit(t, np.array([row["rss_mb"] for row in half]), 1)[0]), 2)
     loads = [row["load_average"][0] for row in samples]
     return {
-        "verify": answers["verify"], "identify": answers["identify"],
-        "memory": {"first_mb": memory[0] if memory else None, "last_mb": memory[-1] if memory else None,
-                   "peak_mb": max(memory) if memory else None,
-                   "growth_mb": round(memory[-1] - memory[0], 1) if memory else None,
-                   "growth_mb_per_min_second_half": slope},
+        "verify": answers["verify"], "identify": answers["identify"], "memory": memory_summary(samples, duration_s),
         "load_average_1min": {"mean": round(float(np.mean(loads)), 2) if loads else None,
                               "max": max(loads) if loads else None},
         "ingest": ingest, "samples": samples,
     }
+
+
+def memory_summary(samples: list[dict], duration_s: float) -> dict:
+    """The service's memory over the soak: first sample (the clients just started), after the first
+    minute (every client's requests in flight), last, peak; growth from each, and the slope over the
+    second half (MiB per minute)."""
+    rows = [row for row in samples if row["rss_mb"] is not None]
+    if not rows:
+        return {"first_mb": None, "last_mb": None, "peak_mb": None, "growth_mb": None}
+    memory = [row["rss_mb"] for row in rows]
+    settled = next((row["rss_mb"] for row in rows if row["t_s"] >= 60), None)
+    half = [row for row in rows if row["t_s"] >= duration_s / 2]
+    slope = None
+    if len(half) >= 3:
+        t = np.array([row["t_s"] for row in half]) / 60.0
+        slope = round(float(np.polyfit(t, np.array([row["rss_mb"] for row in half]), 1)[0]), 2)
+    return {"first_mb": memory[0], "after_first_minute_mb": settled, "last_mb": memory[-1], "peak_mb": max(memory),
+            "growth_mb": round(memory[-1] - memory[0], 1),
+            "growth_mb_after_first_minute": None if settled is None else round(memory[-1] - settled, 1),
+            "growth_mb_per_min_second_half": slope}
 
 
 def main(args, settings: Settings) -> int:
