@@ -165,6 +165,15 @@ def cmd_bench_cluster(args, settings) -> int:
 def cmd_bench_retrain(args, settings) -> int:
     from components.bench.retrain import run_benchmark
 
+    if args.cycle_faces:
+        from components.bench.retrain import run_cycle_benchmark
+
+        result = run_cycle_benchmark(settings, Path(args.out), "faces bench retrain " + " ".join(sys.argv[3:]),
+                                     faces=args.cycle_faces, progress=not args.no_progress,
+                                     log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(json.dumps(result["cycle"], indent=2, default=float))
+        print(f"written: {args.out}")
+        return 0
     protocols = args.protocols.split(",") if args.protocols else None
     result = run_benchmark(settings, out=Path(args.out), command="faces bench retrain " + " ".join(sys.argv[3:]),
                            protocols=protocols, progress=not args.no_progress,
@@ -283,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/results/retrain.json")
     p.add_argument("--protocols", help="comma-separated subset of generalisation, personalisation, "
                    "domain_shift_generalisation, domain_shift_personalisation (default: all)")
+    p.add_argument("--cycle-faces", type=int, help="instead: time one full cycle from a store of this many LFW faces "
+                   "(e.g. 5000 -> --out bench/results/retrain_cycle.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench_retrain)
     p = bench_sub.add_parser("synthetic-gradients",

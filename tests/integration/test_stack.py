@@ -279,9 +279,10 @@ def test_up_restarts_only_what_stopped(stack):
 
 
 def test_port_taken_is_a_clear_error(stack, tmp_path):
-    """A second stack on the same ports refuses to start and names the variable to change."""
-    env = {**stack.env, "STACK_DIR": str(tmp_path / "other")}
-    done = run_stack("up", env, timeout=60)
+    """A second stack on the same ports refuses to start and names the variable to change (after waiting
+    STACK_PORT_WAIT for ports held by another stack's live services: a second here)."""
+    env = {**stack.env, "STACK_DIR": str(tmp_path / "other"), "STACK_PORT_WAIT": "1"}
+    done = run_stack("up", env, timeout=120)
     assert done.returncode == 1
     assert "already in use" in done.stderr
     assert "STACK_AIRFLOW_PORT" in done.stderr
