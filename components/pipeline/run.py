@@ -178,6 +178,7 @@ class Ingestor:
                         model_version=face.model_version,
                         crop_path=crop_key,
                         label=photo.label if index == main else None,
+                        rotation=face.rotation,
                     )
                 )
                 log.face_failures.update(face.failures)

@@ -76,3 +76,27 @@ def test_the_ingest_steps_record_the_turn_in_the_store(photos, tmp_path, monkeyp
     turns = store.face_rotations()
     by_photo = {Path(path).name: turns.get(int(face), 0) for face, path in rows}
     assert by_photo == {"sideways.jpg": 90, "other-way.jpg": 270}
+
+
+def test_faces_run_records_the_turn_in_the_store(photos, tmp_path):
+    """The same engine behind `faces run`: the turn a face needed is kept with it."""
+    from components.identities import IdentityStore
+    from components.pipeline.run import Photo, run
+    from components.settings import load_settings
+
+    upright, sideways = photos
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    Image.fromarray(sideways).save(batch / "sideways.jpg", quality=95)
+    Image.fromarray(upright).save(batch / "upright.jpg", quality=95)
+    out = tmp_path / "out"
+    run([Photo(batch / "sideways.jpg"), Photo(batch / "upright.jpg")], out, load_settings(), progress=False)
+    store = IdentityStore(f"sqlite:///{out / 'faces.db'}")
+    with store.session() as session:
+        from sqlalchemy import select
+
+        from components.identities.store import FaceRow, ImageRow
+
+        rows = session.execute(select(FaceRow.id, ImageRow.path).join(ImageRow).where(FaceRow.face_index == 0)).all()
+    turns = store.face_rotations()
+    assert {Path(path).name: turns.get(int(face), 0) for face, path in rows} == {"sideways.jpg": 90, "upright.jpg": 0}
