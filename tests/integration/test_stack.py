@@ -284,7 +284,7 @@ def test_port_taken_is_a_clear_error(stack, tmp_path):
     env = {**stack.env, "STACK_DIR": str(tmp_path / "other"), "STACK_PORT_WAIT": "1"}
     done = run_stack("up", env, timeout=120)
     assert done.returncode == 1
-    assert "already in use" in done.stderr
+    assert "still in use by another process" in done.stderr
     assert "STACK_AIRFLOW_PORT" in done.stderr
     assert not (tmp_path / "other" / "pids").exists() or not any((tmp_path / "other" / "pids").iterdir())
 
