@@ -1,22 +1,22 @@
-"""Re-fitting the embedder's projection head on self-labels: the retraining method that can win on 2 cores.
+"""Re-fitting the embedder's projection head on self-labels: a retraining method that runs in seconds on 2 cores.
 
 The embedder ends ``... -> avgpool (256) -> fc (256x128, no bias) -> l2norm``. A cycle
-keeps every convolution frozen and re-learns ``fc`` alone on the pooled features of
-the self-labelled faces (and of their mirror images, as augmentation):
+keeps every convolution frozen and trains a 128x128 adapter ``A`` after ``fc`` on the
+pooled features of the self-labelled faces (and of their mirror images, as
+augmentation):
 
 * the features are computed once per face (one forward pass, as an embedding costs);
-  training is then a 256x128 matrix on a few thousand vectors: seconds on a CPU;
+  training is then a 128x128 matrix on a few thousand vectors: seconds on a CPU;
 * loss: CosFace (or ArcFace) over the self-labelled identities, their class centres
   starting at the identities' mean directions; two faces of one photo (cannot-link)
   are pushed apart by a hinge on their cosine;
-* the learning rate warms up, then follows a cosine decay to zero, and an L2 pull
-  towards the starting matrix keeps the head near what it knew (the held-out people
-  measure whether it forgot);
-* the challenger is the same network with the new ``fc``: every path that loads the
-  champion (the engine, the DAGs, serving) loads it unchanged. A linear adapter after
-  the champion's output folds into ``fc`` exactly (``normalize(normalize(hF) W) =
-  normalize(h F W)``), so this is also the "adapter head" of the design, without a
-  second file format.
+* ``A`` starts at the identity; the learning rate warms up, then follows a cosine decay
+  to zero, and an L2 pull of ``A`` towards the identity keeps the head near what it
+  knew (the held-out people measure whether it forgot). Training ``A`` rather than
+  ``fc`` itself keeps one learning rate right for any head: ``fc``'s weights are ~0.01;
+* the adapter folds into ``fc`` exactly (``normalize(normalize(hF) A) = normalize(h F A)``),
+  so the challenger is the same network with ``fc = F A``: every path that loads the
+  champion (the engine, the DAGs, serving) loads it unchanged, with no second file format.
 
 Nothing here reads files or talks to MLflow: arrays in, arrays out.
 """
@@ -47,7 +47,7 @@ class HeadConfig:
         batch_size: faces per step (drawn uniformly from the training faces).
         learning_rate: peak Adam learning rate (after ``warmup`` steps; cosine decay to 0).
         warmup: steps of linear warm-up.
-        anchor: weight of the L2 pull of the matrix towards the starting one.
+        anchor: weight of the L2 pull of the adapter towards the identity (divided by its side).
         cannot_link_margin: two faces of one photo are pushed below this cosine.
         seed: the batches and mirror choices are a function of it.
     """
@@ -131,7 +131,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, kernel: np.ndarray, confi
     Args:
         features: (N, 2, F) pooled features of each face and of its mirror image (or (N, F)).
         labels: (N,) dense identity labels (at least two identities).
-        kernel: (F, D) the starting projection (the champion's).
+        kernel: (F, D) the starting projection (the champion's); the result is ``kernel @ A``.
         config: :class:`HeadConfig`.
         cannot_link: (L, 2) row pairs that are two people (two faces of one photo).
         progress: called with (step, steps) now and then, or None.

@@ -654,8 +654,6 @@ def compare(embeddings: np.ndarray, labels: np.ndarray, split, seed: int, truth:
     return out
 
 
-
-
 # -- one cycle -------------------------------------------------------------------------------------
 
 

@@ -137,8 +137,11 @@ def test_delete_with_yes_does_not_ask(workspace):
     identity = workspace["identity"][0]
     result = faces_cli(workspace, "delete", str(identity), "--yes")
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert "Delete identity" not in result.stderr and "[y/N]" not in result.stderr  # no question asked
     assert json.loads(result.stdout)["faces_deleted"] == 5
+    # The purge that follows every delete reports on stderr, one line.
+    purged = [line for line in result.stderr.splitlines() if line]
+    assert len(purged) == 1 and json.loads(purged[0].removeprefix("purged: "))["faces"] == 5
 
 
 @pytest.mark.parametrize(
