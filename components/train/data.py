@@ -258,6 +258,9 @@ def from_store(store, min_faces: int, min_cohesion: float, crops_root: str | Pat
                ) -> tuple[LabelledFaces, SelfLabels]:
     """Self-labelled training data from an identity store: its identities' crops.
 
+    The user's cannot-link corrections between two kept faces of different identities join
+    the cannot-link pairs (hard negatives); must-links already shaped the identities.
+
     Crops are read wherever the store says they are (relative paths, local files,
     ``s3://`` objects) through :mod:`components.identities.crops`, many at a time.
 
@@ -313,10 +316,19 @@ def from_store(store, min_faces: int, min_cohesion: float, crops_root: str | Pat
                                         ) from blob
             x[start + offset] = decode_crop(blob, f"face {face}: {stored}")
             digests[start + offset] = hashlib.sha256(blob).hexdigest()
+    # The user's corrections (the people page, `faces identities split`): a "not this person" between
+    # two labelled faces of different identities is a cannot-link pair like two faces of one photo.
+    face_ids = np.array([rows[r].id for r in chosen.rows], np.int64)
+    position = {int(face): i for i, face in enumerate(face_ids)}
+    corrected = [(position[a], position[b]) for a, b in store.links().cannot
+                 if a in position and b in position and chosen.labels[position[a]] != chosen.labels[position[b]]]
+    if corrected:
+        chosen.cannot_link = np.unique(np.sort(np.concatenate(
+            [chosen.cannot_link.reshape(-1, 2), np.array(corrected, np.int64)]), axis=1), axis=0)
     meta = {"order": photos[chosen.rows], "truth": np.array([rows[r].label for r in chosen.rows], object),
             "crop": np.array([rows[r].crop_path for r in chosen.rows], object), "sha256": digests}
     data = LabelledFaces(x, chosen.labels, [str(k) for k in chosen.identities], photos[chosen.rows],
-                         np.array([rows[r].id for r in chosen.rows], np.int64), chosen.cannot_link, meta)
+                         face_ids, chosen.cannot_link, meta)
     return data, chosen
 
 

@@ -255,3 +255,26 @@ def test_serving_reads_medoid_crops_through_the_resolver(tmp_path):
     assert serving_read_crop("crops/a.jpg", None) is None
     found = read_crops(["crops/a.jpg", None, "crops/bad.jpg", "crops/gone.jpg", "../x.jpg", str(path)], str(tmp_path))
     assert [crop is not None for crop in found] == [True, False, False, False, False, True]
+
+
+def test_a_users_not_this_person_becomes_a_training_negative(tmp_path):
+    """A cannot-link correction between faces of two identities reaches the training pairs."""
+    from components.identities.store import set_links_in
+    from components.train.data import from_store
+
+    def write(number: int, data: bytes) -> str:
+        path = tmp_path / "out" / "crops" / f"{number:02d}_0.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return f"crops/{number:02d}_0.jpg"
+
+    (tmp_path / "out").mkdir()
+    store = store_with_crops(f"sqlite:///{tmp_path / 'out' / 'faces.db'}", write)
+    data, _ = from_store(store, min_faces=3, min_cohesion=0.5)
+    assert len(data.cannot_link) == 0  # one face per photo: no pair from the photos
+    a, b = int(data.face_ids[data.labels == 0][0]), int(data.face_ids[data.labels == 1][0])
+    with store.session() as session:
+        set_links_in(session, "cannot", [(a, b)], datetime(2024, 1, 2, tzinfo=UTC), "test")
+    data, _ = from_store(store, min_faces=3, min_cohesion=0.5)
+    pairs = {tuple(sorted((int(data.face_ids[i]), int(data.face_ids[j])))) for i, j in data.cannot_link}
+    assert pairs == {tuple(sorted((a, b)))}
