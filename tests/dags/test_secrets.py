@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.databases import fresh_database
 
 from tests.dags.conftest import read_json
 from tests.dags.test_dags_run import dags_test
@@ -30,21 +31,8 @@ RECLUSTER_DATE = "2026-02-01T12:00:00+00:00"
 
 @pytest.fixture
 def postgres_database():
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"faces_secret_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", host="127.0.0.1", port=5432, user="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as error:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {error}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_database("faces_secret") as name:
         yield name
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def leaks(secret: str, roots: list[Path]) -> list[str]:

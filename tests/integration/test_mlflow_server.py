@@ -13,13 +13,13 @@ import socket
 import subprocess
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.databases import PG, fresh_database
+
 REPO = Path(__file__).resolve().parents[2]
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 pytestmark = pytest.mark.integration
 
@@ -32,21 +32,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def postgres_database():
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"mlflow_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    except psycopg2.OperationalError as error:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {error}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_database("mlflow_test") as name:
         yield name
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture

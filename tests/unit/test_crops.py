@@ -207,17 +207,23 @@ def decoded(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def test_training_reads_relative_crops_of_a_sqlite_store(tmp_path, monkeypatch):
-    from components.train.data import TrainingDataError, from_store
+def crops_under(folder: Path):
+    """A ``location`` for :func:`store_with_crops`: crop i written under ``folder/crops``, stored relative."""
 
     def write(number: int, data: bytes) -> str:
-        path = tmp_path / "out" / "crops" / f"{number:02d}_0.jpg"
+        path = folder / "crops" / f"{number:02d}_0.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return f"crops/{number:02d}_0.jpg"
 
+    return write
+
+
+def test_training_reads_relative_crops_of_a_sqlite_store(tmp_path, monkeypatch):
+    from components.train.data import TrainingDataError, from_store
+
     (tmp_path / "out").mkdir()
-    store = store_with_crops(f"sqlite:///{tmp_path / 'out' / 'faces.db'}", write)
+    store = store_with_crops(f"sqlite:///{tmp_path / 'out' / 'faces.db'}", crops_under(tmp_path / "out"))
     data, chosen = from_store(store, min_faces=3, min_cohesion=0.5)
     assert len(data.classes) == 2 and data.x.shape == (6, 150, 150, 3)
     with store.session() as session:
@@ -262,14 +268,8 @@ def test_a_users_not_this_person_becomes_a_training_negative(tmp_path):
     from components.identities.store import set_links_in
     from components.train.data import from_store
 
-    def write(number: int, data: bytes) -> str:
-        path = tmp_path / "out" / "crops" / f"{number:02d}_0.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return f"crops/{number:02d}_0.jpg"
-
     (tmp_path / "out").mkdir()
-    store = store_with_crops(f"sqlite:///{tmp_path / 'out' / 'faces.db'}", write)
+    store = store_with_crops(f"sqlite:///{tmp_path / 'out' / 'faces.db'}", crops_under(tmp_path / "out"))
     data, _ = from_store(store, min_faces=3, min_cohesion=0.5)
     assert len(data.cannot_link) == 0  # one face per photo: no pair from the photos
     a, b = int(data.face_ids[data.labels == 0][0]), int(data.face_ids[data.labels == 1][0])

@@ -10,11 +10,12 @@ No model is needed: the vectors are given.
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+
+from tests.databases import fresh_database, url_of
 
 from components.identities import IdentityStore, NewFace, Policy
 from components.identities import store as db
@@ -38,21 +39,8 @@ def vectors(seed: int = 3, n_people: int = 8, per_person: int = PHOTOS // 8) -> 
 @pytest.fixture
 def postgres_url():
     """A fresh PostgreSQL database on the machine's server, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"faces_locks_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", host="127.0.0.1", port=5432, user="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as error:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {error}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database("faces_locks") as name:
+        yield url_of(name)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -127,47 +127,44 @@ def test_a_pool_reclustering_marks_only_the_faces_it_read(store):
 
 def test_the_same_photos_stored_by_four_batches_at_once_on_postgresql():
     """Check-then-insert races on the sha256: each photo is stored once, no batch fails."""
+    from tests.databases import fresh_database, url_of
+
+    with fresh_database("faces_race") as name:
+        url = url_of(name)
+        stores = []
+        try:
+            _race(url, stores)
+        finally:
+            for store in stores:
+                store.engine.dispose()
+
+
+def _race(url: str, stores: list) -> None:
+    """Four batches store the same 20 photos at once into the store at ``url``."""
     import threading
-    import uuid
 
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"faces_race_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", host="127.0.0.1", port=5432, user="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as error:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {error}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    try:
-        IdentityStore(url).engine.dispose()  # tables once, before the race
-        vectors = people(9, n_people=5, per_person=4)
-        barrier, errors, stores = threading.Barrier(4), [], [IdentityStore(url) for _ in range(4)]
+    IdentityStore(url).engine.dispose()  # tables once, before the race
+    vectors = people(9, n_people=5, per_person=4)
+    barrier, errors = threading.Barrier(4), []
+    stores.extend(IdentityStore(url) for _ in range(4))
 
-        def batch(store: IdentityStore, order: list[int]) -> None:
-            barrier.wait()
-            try:
-                for number in order:
-                    face = NewFace(face_index=0, box=(0, 0, 50, 50), landmarks=np.zeros((5, 2)), confidence=1.0,
-                                   blur=1.0, failures=[], embedding=vectors[number], model_version=None,
-                                   crop_path=f"crops/{number}.jpg")
-                    store.add_image(f"{number:064d}", f"p{number}.jpg", (100, 100), [face], "test", None)
-            except Exception as error:  # noqa: BLE001 - any failure of a batch is the finding
-                errors.append(error)
+    def batch(store: IdentityStore, order: list[int]) -> None:
+        barrier.wait()
+        try:
+            for number in order:
+                face = NewFace(face_index=0, box=(0, 0, 50, 50), landmarks=np.zeros((5, 2)), confidence=1.0,
+                               blur=1.0, failures=[], embedding=vectors[number], model_version=None,
+                               crop_path=f"crops/{number}.jpg")
+                store.add_image(f"{number:064d}", f"p{number}.jpg", (100, 100), [face], "test", None)
+        except Exception as error:  # noqa: BLE001 - any failure of a batch is the finding
+            errors.append(error)
 
-        orders = [list(range(20)), list(range(19, -1, -1)), list(range(0, 20, 2)) + list(range(1, 20, 2)), list(range(20))]
-        threads = [threading.Thread(target=batch, args=(store, order)) for store, order in zip(stores, orders)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
-        counts = IdentityStore(url).counts()
-        assert (counts["images"], counts["faces"]) == (20, 20)
-    finally:
-        for store in locals().get("stores", []):
-            store.engine.dispose()
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    orders = [list(range(20)), list(range(19, -1, -1)), list(range(0, 20, 2)) + list(range(1, 20, 2)), list(range(20))]
+    threads = [threading.Thread(target=batch, args=(store, order)) for store, order in zip(stores, orders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    counts = IdentityStore(url).counts()
+    assert (counts["images"], counts["faces"]) == (20, 20)
