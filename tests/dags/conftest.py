@@ -42,6 +42,7 @@ def airflow_env(home: Path, work: Path, **extra: str) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "FACES_WORK_URI": str(work),
         "FACES_QUARANTINE_URI": str(work / "quarantine"),
+        "FACES_LABELS_REMOTE": str(work / "dvc-remote"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),

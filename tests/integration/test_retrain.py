@@ -72,6 +72,7 @@ def store(tmp_path_factory):
 def mlflow_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FACES_LABELS_REMOTE", str(tmp_path / "dvc-remote"))  # label sets stay in the test's folder
     return uri
 
 
