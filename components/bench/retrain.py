@@ -47,9 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from components.settings import PROJECT_ROOT, Settings
+from components.settings import Settings
 
-FEATURE_CACHE = PROJECT_ROOT / "bench" / "cache" / "retrain_features"
 DEGRADATION = {"face_side_px": [40, 64], "blur_sigma": [0.3, 1.0], "jpeg_quality": [10, 30], "grey_share": 0.5,
                "noise_sigma": 4.0}
 PERSONAL_MIN_PHOTOS = 10
@@ -116,32 +115,6 @@ class DegradedCrops:
     def __getitem__(self, rows):
         rows = np.atleast_1d(np.asarray(rows))
         return np.stack([degrade(self.crops[r], np.random.default_rng([self.seed, int(r)])) for r in rows])
-
-
-def pooled_features(model, crops, rows: np.ndarray, variant: str, progress: bool, batch_size: int = 64) -> np.ndarray:
-    """(len(rows), 2, F) pooled features of each face and its mirror image, cached on disk."""
-    from tqdm import tqdm
-
-    from components.train.head import feature_model
-    from components.train.retrain import weights_digest
-
-    rows = np.asarray(rows, np.int64)
-    key = hashlib.sha256(f"{weights_digest(model)}|{variant}|".encode() + rows.tobytes()).hexdigest()[:20]
-    path = FEATURE_CACHE / f"{key}.npy"
-    if path.is_file():
-        return np.load(path)
-    features = feature_model(model)
-    out = np.zeros((len(rows), 2, int(features.output.shape[-1])), np.float32)
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"pooled features ({variant})", unit="batch",
-                      disable=None if progress else True):
-        batch = np.asarray(crops[rows[start : start + batch_size]], np.float32)
-        out[start : start + len(batch), 0] = np.asarray(features(batch, training=False))
-        out[start : start + len(batch), 1] = np.asarray(features(batch[:, :, ::-1], training=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
-    return out
 
 
 @dataclass
@@ -287,7 +260,7 @@ def run_benchmark(settings: Settings, out: Path, command: str, protocols: list[s
     from components.engine.models import champion_model
     from components.train.head import HeadConfig, head_kernel
     from components.train.loop import load_keras_model
-    from components.train.retrain import head_config, lfw_protocol
+    from components.train.retrain import RowView, head_config, lfw_protocol, pooled_features
 
     load_before = _load()
     began = time.perf_counter()
@@ -309,7 +282,10 @@ def run_benchmark(settings: Settings, out: Path, command: str, protocols: list[s
         t0 = time.perf_counter()
         crops = faces.crops if variant == "clean" else DegradedCrops(faces.crops, settings.base.seed)
         features = np.zeros((len(faces.crops), 2, kernel.shape[0]), np.float32)
-        features[main] = pooled_features(model, crops, main, f"{lfw.cache_key}-{variant}", progress)
+        # The cycle's own feature code, cached by model, face set, rows and degradation.
+        rows_key = hashlib.sha256(main.tobytes()).hexdigest()[:12]
+        features[main] = pooled_features(model, RowView(crops, main), progress,
+                                         cache_key=f"{lfw.cache_key}-{variant}-{rows_key}")
         seconds[f"features_{variant}"] = round(time.perf_counter() - t0, 1)
         for name in names:
             protocol = all_protocols[name.removeprefix("domain_shift_")]

@@ -440,7 +440,7 @@ def lfw_data(settings: Settings, params: RetrainParams, model, kernel: np.ndarra
     protocol = lfw_protocol(settings, LFW_ROOT_DEFAULT, limit_people=limit_people, progress=progress)
     faces = protocol.faces
     rows = protocol.stream
-    features = pooled_features(model, _Rows(faces.crops, rows), progress, cache_key=f"{protocol.cache_key}-stream")
+    features = pooled_features(model, RowView(faces.crops, rows), progress, cache_key=f"{protocol.cache_key}-stream")
     embeddings = project(features[:, 0], kernel)
     identity = stream_labels(embeddings, faces.photo[rows], Thresholds.from_settings(settings).cluster, settings,
                              params.stream_batches)
@@ -452,14 +452,14 @@ def lfw_data(settings: Settings, params: RetrainParams, model, kernel: np.ndarra
             "crop": np.array([str(faces.paths[p]) for p in faces.photo[picked]], object),
             "sha256": np.array([hashlib.sha256(np.asarray(faces.crops[r]).tobytes()).hexdigest() for r in picked],
                                object)}
-    data = LabelledFaces(_Rows(faces.crops, picked), chosen.labels, [str(k) for k in chosen.identities],
+    data = LabelledFaces(RowView(faces.crops, picked), chosen.labels, [str(k) for k in chosen.identities],
                          faces.photo[picked], picked, chosen.cannot_link, meta)
     dropped = {reason: sum(1 for v in chosen.dropped.values() if v == reason) for reason in ("too_small", "loose")}
     return (CycleData(data, f"LFW stream (people.txt folds 1-5, {len(rows)} faces, {params.stream_batches} batches)",
                       dropped), features[chosen.rows])
 
 
-class _Rows:
+class RowView:
     """``array[rows]`` without copying it (LFW's crops are memory-mapped)."""
 
     def __init__(self, array, rows):
