@@ -75,6 +75,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from components.cluster import ChineseWhispers, medoid_index, relabel_by_size
+from components.identities.groups import DisjointSets
 
 Clock = Callable[[], datetime]
 
@@ -444,38 +445,23 @@ def apply_links(labels, face_ids, must, cannot, embeddings) -> np.ndarray:
         return labels
     x = as_embeddings(embeddings)
 
-    # Units: rows joined by must-links (union-find over rows).
-    parent = list(range(n))
-
-    def root(row: int) -> int:
-        while parent[row] != row:
-            parent[row] = parent[parent[row]]
-            row = parent[row]
-        return row
-
+    # Units: rows joined by must-links.
+    rows = DisjointSets()
     for a, b in must:
         if int(a) in row_of and int(b) in row_of:
-            parent[root(row_of[int(a)])] = root(row_of[int(b)])
-    units = np.array([root(row) for row in range(n)], np.int64)
+            rows.union(row_of[int(a)], row_of[int(b)])
+    units = np.array([rows.find(row) for row in range(n)], np.int64)
 
     # Must: a unit spread over several clusters joins them into one (the smallest label).
-    cluster_parent: dict[int, int] = {}
-
-    def cluster_root(label: int) -> int:
-        cluster_parent.setdefault(label, label)
-        while cluster_parent[label] != label:
-            cluster_parent[label] = cluster_parent[cluster_parent[label]]
-            label = cluster_parent[label]
-        return label
-
+    clusters = DisjointSets()
     for unit in np.unique(units):
         spread = np.unique(labels[units == unit])
         for other in spread[1:]:
-            a, b = cluster_root(int(spread[0])), cluster_root(int(other))
+            a, b = clusters.find(int(spread[0])), clusters.find(int(other))
             if a != b:
-                cluster_parent[max(a, b)] = min(a, b)
-    if cluster_parent:
-        labels = np.array([cluster_root(int(label)) if int(label) in cluster_parent else int(label) for label in labels],
+                clusters.union(max(a, b), min(a, b))
+    if clusters:
+        labels = np.array([clusters.find(int(label)) if int(label) in clusters else int(label) for label in labels],
                           np.int64)
 
     # Cannot: split clusters holding two cannot-linked units.

@@ -1101,25 +1101,20 @@ class IdentityStore:
             must-links (the faces a user confirmed as one person); ``model_version``:
             the store's active model (whose embeddings these faces have).
         """
+        from components.identities.groups import DisjointSets
+
         links = self.links()
-        parent: dict[int, int] = {}
-
-        def root(face: int) -> int:
-            parent.setdefault(face, face)
-            while parent[face] != face:
-                parent[face] = parent[parent[face]]
-                face = parent[face]
-            return face
-
+        sets = DisjointSets()
         for a, b in links.must:
-            parent[root(a)] = root(b)
-        roots = sorted({root(face) for face in list(parent)})
+            sets.union(a, b)
+        faces = sorted(sets.parent)
+        roots = sorted({sets.find(face) for face in faces})
         group_of = {face_root: number for number, face_root in enumerate(roots)}
         active = self.model("active")
         embedded = self.embedded_versions()  # a store that never recorded its model: the one its vectors name
         version = active.version if active else (next(iter(embedded)) if len(embedded) == 1 else None)
         return {"must_link": [list(pair) for pair in links.must], "cannot_link": [list(pair) for pair in links.cannot],
-                "groups": {face: group_of[root(face)] for face in sorted(parent)}, "model_version": version}
+                "groups": {face: group_of[sets.find(face)] for face in faces}, "model_version": version}
 
     def counts(self) -> dict[str, int]:
         """Row counts, for reports and for tests of idempotency."""
