@@ -155,21 +155,18 @@ def _celery_executor_importable() -> None:
                     "Pin celery<5.7 (5.6.3) and kombu<5.7 (5.6.2) in requirements/lock.txt.")
 
 
-def test_face_ingest_on_two_celery_workers(tmp_path, lfw_batch, databases, redis_db):
-    _celery_executor_importable()
-    port = free_port()
+def celery_env(tmp_path: Path, databases: dict, redis_db: str, port: int, **extra: str) -> dict[str, str]:
+    """Airflow with the CeleryExecutor on the machine's PostgreSQL and Redis, its API server on ``port``."""
     base = f"http://127.0.0.1:{port}"
-    work = tmp_path / "work"
-    env = airflow_env(
-        tmp_path / "airflow", work,
+    return airflow_env(
+        tmp_path / "airflow", tmp_path / "work",
         AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=_url(databases["airflow"]),
         # Empty: no async engine. Airflow would derive postgresql+asyncpg, and asyncpg is not in
-        # the lock; only the "wait for a run" endpoint needs it, and this test polls instead.
+        # the lock; only the "wait for a run" endpoint needs it, and the tests poll instead.
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC="",
         AIRFLOW__CELERY__BROKER_URL=redis_db,
         AIRFLOW__CELERY__RESULT_BACKEND=_url(databases["airflow"], "db+postgresql+psycopg2"),
-        AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{base}/execution/",
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__PORT=str(port),
@@ -179,11 +176,20 @@ def test_face_ingest_on_two_celery_workers(tmp_path, lfw_batch, databases, redis
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
         AIRFLOW__CORE__HOSTNAME_CALLABLE="tests.dags.celery_hostname.worker_name",
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
-        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="300",
         AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
         FACES_STORE_URL=_url(databases["store"]),
         MLFLOW_TRACKING_URI=_url(databases["mlflow"]),  # postgresql+psycopg2: SQLAlchemy 2.1 defaults to psycopg 3
+        **extra,
     )
+
+
+def test_face_ingest_on_two_celery_workers(tmp_path, lfw_batch, databases, redis_db):
+    _celery_executor_importable()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    work = tmp_path / "work"
+    env = celery_env(tmp_path, databases, redis_db, port, AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
+                     AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="300")
     (tmp_path / "airflow").mkdir()
     run([AIRFLOW, "db", "migrate"], env, timeout=240)
     # MLflow creates its tables on first use; two workers doing that at once on a fresh

@@ -12,20 +12,19 @@ never both, never neither.
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.dags.conftest import AIRFLOW, LFW, airflow_env, free_port, run
+from tests.dags.conftest import AIRFLOW, LFW, free_port, run
 from tests.dags.test_celery_ingest import (  # noqa: F401 - databases and redis_db are fixtures
     Stack,
     _api,
     _celery_executor_importable,
     _pg,
-    _url,
+    celery_env,
     _wait,
     databases,
     redis_db,
@@ -58,27 +57,7 @@ def test_four_ingests_and_a_recluster_at_once(tmp_path, overlapping_batches, dat
     _celery_executor_importable()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = airflow_env(
-        tmp_path / "airflow", tmp_path / "work",
-        AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=_url(databases["airflow"]),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC="",
-        AIRFLOW__CELERY__BROKER_URL=redis_db,
-        AIRFLOW__CELERY__RESULT_BACKEND=_url(databases["airflow"], "db+postgresql+psycopg2"),
-        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{base}/execution/",
-        AIRFLOW__API__HOST="127.0.0.1",
-        AIRFLOW__API__PORT=str(port),
-        AIRFLOW__API__BASE_URL=base,
-        AIRFLOW__API__WORKERS="1",
-        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(16),
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
-        AIRFLOW__CORE__HOSTNAME_CALLABLE="tests.dags.celery_hostname.worker_name",
-        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
-        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="600",
-        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
-        FACES_STORE_URL=_url(databases["store"]),
-        MLFLOW_TRACKING_URI=_url(databases["mlflow"]),
-    )
+    env = celery_env(tmp_path, databases, redis_db, port, AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="600")
     (tmp_path / "airflow").mkdir()
     run([AIRFLOW, "db", "migrate"], env, timeout=240)
     run([sys.executable, "-c", "import mlflow, sys; mlflow.MlflowClient(sys.argv[1]).search_experiments()",
