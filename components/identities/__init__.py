@@ -14,7 +14,7 @@ from components.identities.lifecycle import (
     false_accept_rate,
     update_identities,
 )
-from components.identities.store import FaceMatrix, IdentityStore, NewFace
+from components.identities.store import FaceMatrix, IdentityStore, NewFace, NewPhoto, RejectedFile
 
 __version__ = "1.1.0"
 
@@ -22,7 +22,9 @@ __all__ = [
     "FaceMatrix",
     "IdentityStore",
     "NewFace",
+    "NewPhoto",
     "Policy",
+    "RejectedFile",
     "assign_faces",
     "enforce_cannot_link",
     "false_accept_rate",

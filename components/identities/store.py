@@ -401,6 +401,28 @@ class NewFace:
     rotation: int = 0  # degrees the photo was turned (counter-clockwise) to find the face
 
 
+@dataclass
+class NewPhoto:
+    """A photo to store with its faces (:meth:`IdentityStore.add_photos`); ``size`` is (width, height)."""
+
+    sha256: str
+    path: str
+    size: tuple[int, int]
+    faces: list[NewFace]
+    detector_version: str
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    """A file that could not be used as a photo, with the reason (:meth:`IdentityStore.add_photos`)."""
+
+    path: str
+    code: str
+    reason: str
+    sha256: str | None = None
+
+
 class ModelMismatchError(ValueError):
     """Embeddings of two model versions were about to be compared, or stored side by side."""
 
@@ -750,6 +772,66 @@ def replace_clustering_in(
     return identity_of
 
 
+def _refuse_other_models(session: Session, photos: Sequence[NewPhoto]) -> None:
+    """Raise ModelMismatchError when a face was embedded by another model than the store's active one."""
+    active = session.get(StoreModelRow, "active")
+    if active is None:
+        return
+    for photo in photos:
+        for face in photo.faces:
+            if face.embedding is not None and face.model_version != active.version:
+                CROSS_VERSION_REFUSALS["add_image"] += 1
+                raise ModelMismatchError(
+                    f"photo {photo.path}: embedded by model {face.model_version}, but the store holds "
+                    f"{active.version}; embed it again with the store's model")
+
+
+def _insert_photo(session: Session, photo: NewPhoto) -> int | None:
+    """Insert one photo and its faces in ``session``; None when the photo is already stored.
+
+    INSERT ... ON CONFLICT DO NOTHING on the sha256: when another batch stores the same
+    photo at the same moment, one insert wins and this one adds nothing.
+    """
+    image_id = _insert_ignoring_conflict(session, ImageRow, {
+        "sha256": photo.sha256, "path": photo.path, "width": photo.size[0], "height": photo.size[1],
+        "label": photo.label, "detector_version": photo.detector_version, "added_at": _now()}, ["sha256"])
+    if image_id is None:
+        return None
+    rows = [
+        FaceRow(
+            image_id=image_id,
+            face_index=face.face_index,
+            box_x=face.box[0],
+            box_y=face.box[1],
+            box_w=face.box[2],
+            box_h=face.box[3],
+            landmarks=json.dumps(np.round(np.asarray(face.landmarks), 2).tolist()),
+            confidence=face.confidence,
+            blur=face.blur,
+            passed=not face.failures,
+            failures=",".join(face.failures),
+            embedding=None if face.embedding is None else np.asarray(face.embedding, EMBEDDING_DTYPE).tobytes(),
+            model_version=face.model_version,
+            crop_path=face.crop_path,
+            label=face.label,
+        )
+        for face in photo.faces
+    ]
+    session.add_all(rows)
+    session.flush()
+    session.add_all(FaceRotationRow(face_id=row.id, degrees=int(face.rotation))
+                    for row, face in zip(rows, photo.faces) if int(getattr(face, "rotation", 0) or 0) % 360)
+    return image_id
+
+
+def _upsert_rejected(session: Session, path: str, code: str, reason: str, sha256: str | None) -> None:
+    """Record (or update) a rejected file: of two batches rejecting it at once, the first insert wins, the other updates."""
+    values = {"path": path, "code": code, "reason": reason, "sha256": sha256}
+    if _insert_ignoring_conflict(session, RejectedFileRow, values, ["path"]) is None:
+        session.execute(update(RejectedFileRow).where(RejectedFileRow.path == path)
+                        .values(code=code, reason=reason, sha256=sha256))
+
+
 def _sqlite_pragmas(connection, _record) -> None:
     connection.execute("PRAGMA foreign_keys=ON")
     connection.execute("PRAGMA secure_delete=ON")
@@ -826,62 +908,73 @@ class IdentityStore:
 
     def _add_image(self, sha256: str, path: str, size: tuple[int, int], faces: Sequence[NewFace], detector_version: str,
                    label: str | None) -> int:
+        photo = NewPhoto(sha256=sha256, path=path, size=size, faces=list(faces), detector_version=detector_version,
+                         label=label)
         with self.session() as session:
             existing = session.scalar(select(ImageRow.id).where(ImageRow.sha256 == sha256))
             if existing is not None:
                 return existing
-            active = session.get(StoreModelRow, "active")
-            if active is not None:
-                for face in faces:
-                    if face.embedding is not None and face.model_version != active.version:
-                        CROSS_VERSION_REFUSALS["add_image"] += 1
-                        raise ModelMismatchError(
-                            f"photo {path}: embedded by model {face.model_version}, but the store holds "
-                            f"{active.version}; embed it again with the store's model")
-            # INSERT ... ON CONFLICT DO NOTHING on the sha256: when another batch stores the same
-            # photo at the same moment, one insert wins and this one adds nothing.
-            image_id = _insert_ignoring_conflict(session, ImageRow, {
-                "sha256": sha256, "path": path, "width": size[0], "height": size[1], "label": label,
-                "detector_version": detector_version, "added_at": _now()}, ["sha256"])
-            if image_id is None:
-                return None
-            rows = []
-            for face in faces:
-                rows.append(
-                    FaceRow(
-                        image_id=image_id,
-                        face_index=face.face_index,
-                        box_x=face.box[0],
-                        box_y=face.box[1],
-                        box_w=face.box[2],
-                        box_h=face.box[3],
-                        landmarks=json.dumps(np.round(np.asarray(face.landmarks), 2).tolist()),
-                        confidence=face.confidence,
-                        blur=face.blur,
-                        passed=not face.failures,
-                        failures=",".join(face.failures),
-                        embedding=None if face.embedding is None else np.asarray(face.embedding, EMBEDDING_DTYPE).tobytes(),
-                        model_version=face.model_version,
-                        crop_path=face.crop_path,
-                        label=face.label,
-                    )
-                )
-            session.add_all(rows)
-            session.flush()
-            session.add_all(FaceRotationRow(face_id=row.id, degrees=int(face.rotation))
-                            for row, face in zip(rows, faces) if int(getattr(face, "rotation", 0) or 0) % 360)
-            # A file rejected earlier and now readable (replaced in place) is no longer rejected.
-            session.execute(delete(RejectedFileRow).where(RejectedFileRow.path == path))
+            _refuse_other_models(session, [photo])
+            image_id = _insert_photo(session, photo)
+            if image_id is not None:
+                session.execute(delete(RejectedFileRow).where(RejectedFileRow.path == path))
             return image_id
+
+    def add_photos(self, photos: Sequence[NewPhoto], rejected: Sequence[RejectedFile] = ()) -> dict:
+        """Store many photos with their faces, and files that could not be used, in ONE transaction.
+
+        What a workflow shard stores: one commit instead of one per photo, and a shard
+        killed midway leaves nothing of it behind (a re-run stores it whole). Photos
+        already stored (same bytes, by this or a concurrent batch) are left as they are:
+        ``INSERT ... ON CONFLICT DO NOTHING`` on the sha256.
+
+        Rows are written in one order whatever the batch (photos by sha256, then file
+        paths): two shards of overlapping batches committing at once wait for each other
+        on the same row first instead of each holding a row the other needs (a deadlock
+        PostgreSQL would resolve by failing one of them).
+
+        Returns:
+            ``{"stored": [sha256 of each photo added], "already_stored": [sha256 of each
+            photo the store had already], "rejected": number of rejected files recorded}``.
+
+        Raises:
+            ModelMismatchError: a face was embedded by another model than the store's
+                active one (a promotion happened meanwhile): nothing is stored.
+        """
+        photos = sorted(photos, key=lambda photo: photo.sha256)
+        stored, already_stored = [], []
+        with self.session() as session:
+            _refuse_other_models(session, photos)
+            stored_paths = []
+            for photo in photos:
+                if _insert_photo(session, photo) is None:
+                    already_stored.append(photo.sha256)
+                else:
+                    stored.append(photo.sha256)
+                    stored_paths.append(photo.path)
+            rejected_by_path = {file.path: file for file in rejected}
+            for path in sorted(set(stored_paths) | set(rejected_by_path)):
+                file = rejected_by_path.get(path)
+                if file is None:  # a file rejected earlier and now readable is no longer rejected
+                    session.execute(delete(RejectedFileRow).where(RejectedFileRow.path == path))
+                else:
+                    _upsert_rejected(session, file.path, file.code, file.reason, file.sha256)
+        return {"stored": stored, "already_stored": already_stored, "rejected": len(rejected_by_path)}
+
+    def stored_sha256s(self, sha256s: Sequence[str]) -> set[str]:
+        """Which of these photo hashes the store already holds (one query per 500 hashes)."""
+        wanted = sorted(set(sha256s))
+        found: set[str] = set()
+        with self.session() as session:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                found.update(session.scalars(select(ImageRow.sha256).where(ImageRow.sha256.in_(chunk))))
+        return found
 
     def add_rejected(self, path: str, code: str, reason: str, sha256: str | None) -> None:
         """Record (or update) a file that could not be used."""
         with self.session() as session:
-            # Two batches rejecting the same file at once: the first insert wins, the other updates.
-            values = {"path": path, "code": code, "reason": reason, "sha256": sha256}
-            if _insert_ignoring_conflict(session, RejectedFileRow, values, ["path"]) is None:
-                session.execute(update(RejectedFileRow).where(RejectedFileRow.path == path)
-                                .values(code=code, reason=reason, sha256=sha256))
+            _upsert_rejected(session, path, code, reason, sha256)
 
     def face_rotations(self) -> dict[int, int]:
         """face id -> degrees its photo was turned (counter-clockwise) to find it; faces found upright are absent."""

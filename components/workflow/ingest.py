@@ -50,6 +50,9 @@ EXPERIMENT = "face_ingest"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                   ".ppm", ".pgm", ".pbm", ".tga", ".heic", ".avif")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Threads writing one shard's crops: JPEG encoding releases the GIL and S3 puts wait on the
+# network, so a few threads overlap them even on 2 cores.
+CROP_WRITERS = 8
 
 
 # -- shared per process: models and the store load once, whichever step asks first ------------
@@ -369,8 +372,14 @@ def embed(detections_uri: str, *, settings=None) -> str:
 # -- 6. assign ------------------------------------------------------------------------------
 
 
-def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model) -> dict:
-    """Store one shard's photos, faces (with embeddings) and crops; one transaction per photo.
+def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model, *, crop_writers: int = CROP_WRITERS) -> dict:
+    """Store one shard's photos, faces (with embeddings) and crops: one transaction for the whole shard.
+
+    The crops are written first, concurrently (``crop_writers`` threads: JPEG encoding
+    and S3 round trips overlap), each under a key fixed by the photo's content; then one
+    transaction stores every new photo with its faces and every rejected file. A step
+    killed before the commit leaves crops nobody points to yet and no row: the re-run
+    writes the same crops again and commits the shard whole.
 
     A shard embedded before a re-embed switched the store to a new model is embedded
     again here with the store's model, so the store never holds two models' vectors.
@@ -379,8 +388,7 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model) -> d
         Counts (``photos_new``, ``already_stored``, ``rejected``, ``faces``, ``usable_faces``,
         ``face_failures``) and ``seconds``.
     """
-    from components.identities import NewFace
-    from components.images import encode_jpeg
+    from components.identities import NewFace, NewPhoto, RejectedFile
 
     started = time.perf_counter()
     embedded = ws.read_npz(embeddings_uri)
@@ -393,24 +401,25 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model) -> d
         out["model_version"] = model.version
     vector_of = {int(row): vector for row, vector in zip(embedded["rows"], vectors)}
     rotations = arrays.get("rotation", np.zeros(len(arrays["face_index"]), np.int16))  # older files: all upright
-    counts = Counter()
+    counts = Counter(dict.fromkeys(("photos_new", "already_stored", "rejected", "faces", "usable_faces",
+                                    "photos_without_faces"), 0))
     failures = Counter()
+    # One query for the whole shard: photos stored by another shard or batch since detect ran.
+    stored = store.stored_sha256s([photo["sha256"] for photo in meta["photos"] if photo["status"] == "new"])
+    rejected, photos, crops = [], [], []
     for photo_index, photo in enumerate(meta["photos"]):
-        if photo["status"] == "stored":
-            counts["already_stored"] += 1
-            continue
         if photo["status"] == "rejected":
-            store.add_rejected(photo["uri"], photo["code"], photo["reason"], photo["sha256"])
-            counts["rejected"] += 1
+            rejected.append(RejectedFile(photo["uri"], photo["code"], photo["reason"], photo["sha256"]))
             continue
-        if store.find_image(photo["sha256"]) is not None:  # a duplicate in another shard, or a re-run
+        if photo["status"] == "stored" or photo["sha256"] in stored:
             counts["already_stored"] += 1
             continue
         records = []
         for row in np.flatnonzero(arrays["photo"] == photo_index):
             index = int(arrays["face_index"][row])
             failed = [name for name in str(arrays["failures"][row]).split(",") if name]
-            crop_uri = ws.write_bytes(workspace.crop(photo["sha256"], index), encode_jpeg(arrays["crops"][row]))
+            crop_uri = workspace.crop(photo["sha256"], index)
+            crops.append((photo["sha256"], index, int(row)))
             vector = vector_of.get(int(row))
             records.append(NewFace(
                 face_index=index, box=tuple(float(v) for v in arrays["boxes"][row]), landmarks=arrays["landmarks"][row],
@@ -419,13 +428,48 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model) -> d
                 label=photo["label"] if index == photo.get("main_face") else None, rotation=int(rotations[row]),
             ))
             failures.update(failed)
-        store.add_image(photo["sha256"], photo["uri"], (photo["width"], photo["height"]), records,
-                        meta["detector_version"], photo["label"])
-        counts["photos_new"] += 1
-        counts["faces"] += len(records)
-        counts["usable_faces"] += sum(record.embedding is not None for record in records)
-        counts["photos_without_faces"] += not records
+        photos.append(NewPhoto(photo["sha256"], photo["uri"], (photo["width"], photo["height"]), records,
+                               meta["detector_version"], photo["label"]))
+    write_crops(workspace, crops, arrays["crops"], workers=crop_writers)
+    written = store.add_photos(photos, rejected)
+    # A photo a concurrent batch committed between our check and our transaction counts as already stored.
+    counts["already_stored"] += len(written["already_stored"])
+    counts["rejected"] += written["rejected"]
+    stored_now = set(written["stored"])
+    for photo in photos:
+        if photo.sha256 in stored_now:
+            stored_now.discard(photo.sha256)  # the same bytes twice in one shard are one photo
+            counts["photos_new"] += 1
+            counts["faces"] += len(photo.faces)
+            counts["usable_faces"] += sum(face.embedding is not None for face in photo.faces)
+            counts["photos_without_faces"] += not photo.faces
     return {**counts, "face_failures": dict(failures), "seconds": time.perf_counter() - started}
+
+
+def write_crops(workspace: ws.Workspace, crops: list[tuple[str, int, int]], pixels: np.ndarray, *,
+                workers: int = CROP_WRITERS) -> None:
+    """Encode and write aligned crops concurrently; every object is written whole (temporary name, then rename).
+
+    Args:
+        workspace: where the crops go (``<work area>/crops/``, a folder or S3).
+        crops: ``(photo sha256, face index, row of pixels)`` per crop.
+        pixels: the shard's crops, (N, 150, 150, 3) uint8.
+        workers: threads; one storage client is shared by all of them.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.images import encode_jpeg
+
+    if not crops:
+        return
+    storage = ws.open_storage(workspace.crops_root())
+
+    def write(item: tuple[str, int, int]) -> None:
+        sha256, face_index, row = item
+        storage.put_bytes(workspace.crop_key(sha256, face_index), encode_jpeg(pixels[row]))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(crops)))) as pool:
+        list(pool.map(write, crops))  # list(): the first failed write raises here
 
 
 def assign(embedding_uris: list[str], *, at: str | datetime | None = None, settings=None) -> str:

@@ -120,4 +120,13 @@ class Workspace:
 
     def crop(self, sha256: str, face_index: int) -> str:
         """URI of an aligned face crop, keyed by the photo's content."""
-        return join(self.root, "crops", sha256[:2], f"{sha256}_{face_index}.jpg")
+        return join(self.crops_root(), self.crop_key(sha256, face_index))
+
+    def crops_root(self) -> str:
+        """URI of the folder (or S3 prefix) holding every crop."""
+        return join(self.root, "crops")
+
+    @staticmethod
+    def crop_key(sha256: str, face_index: int) -> str:
+        """A crop's key under :meth:`crops_root`."""
+        return f"{sha256[:2]}/{sha256}_{face_index}.jpg"
