@@ -1109,6 +1109,9 @@ def switch_model(store, target, policy: Policy, *, now: datetime, actor: str = "
 
     with store.session() as session:
         db.lock_lifecycle(session)  # one life-cycle writer at a time (concurrent batches)
+        # Photos being stored finish first and are counted below; those arriving meanwhile wait, then
+        # find the new model active and are refused: no old-model face slips into the switched store.
+        db.lock_store_model(session)
         missing = session.scalar(select(func.count()).select_from(db.FaceRow).where(*store._todo(target.version)))
         if missing:
             raise ReembedIncomplete(f"{missing} faces are not yet re-embedded for {target.version}")

@@ -28,9 +28,10 @@ Tables:
 * ``face_rotations``: for a face found only in the photo turned (a sideways photo
   without EXIF orientation), the turn in degrees counter-clockwise; faces found
   upright have no row.
-* ``store_locks``: one row per named lock (``lifecycle``), written to serialise the
-  identity life cycle's writers on databases without advisory locks (SQLite); PostgreSQL
-  uses a transaction-scoped advisory lock instead (:func:`lock_lifecycle`).
+* ``store_locks``: one row per named lock (``lifecycle``, ``model``), written to serialise the
+  identity life cycle's writers, and a re-embed's switch with the photos being stored, on
+  databases without advisory locks (SQLite); PostgreSQL uses transaction-scoped advisory
+  locks instead (:func:`lock_lifecycle`, :func:`lock_store_model`).
 * ``store_models``: which model's embeddings the store holds (``active``) and, during a
   re-embed, the model it is moving to (``target``), each with its thresholds.
 * ``staged_embeddings``: embeddings computed by a re-embed for the target model, kept
@@ -281,7 +282,7 @@ LINK_KINDS = ("must", "cannot")
 
 
 class StoreLockRow(Base):
-    """A named lock (``lifecycle``): writing its row serialises writers where advisory locks do not exist."""
+    """A named lock (``lifecycle``, ``model``): writing its row serialises writers where advisory locks do not exist."""
 
     __tablename__ = "store_locks"
 
@@ -317,9 +318,10 @@ class ForgottenFaceRow(Base):
 
 
 # PostgreSQL advisory lock keys (any constant int64s): the identity life cycle ("faceLIFE"),
-# creating the tables ("faceDDL").
+# creating the tables ("faceDDL"), the store's active model ("faceMODL").
 LIFECYCLE_LOCK_KEY = 0x666163654C494645
 SCHEMA_LOCK_KEY = 0x6661636544444C
+MODEL_LOCK_KEY = 0x666163654D4F444C
 
 
 def lock_lifecycle(session: Session) -> None:
@@ -340,9 +342,37 @@ def lock_lifecycle(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIFECYCLE_LOCK_KEY})
         return
-    taken = session.execute(text("UPDATE store_locks SET taken_at = :at WHERE name = 'lifecycle'"), {"at": _now()})
+    _write_lock_row(session, "lifecycle")
+
+
+def lock_store_model(session: Session, *, shared: bool = False) -> None:
+    """Keep the store's active model from changing under ``session`` until its transaction ends.
+
+    Photos are stored only with embeddings of the store's active model, checked as they
+    are inserted, and a re-embed's switch (:func:`components.identities.lifecycle.switch_model`)
+    moves every face it counted to the new model. Without this lock a photo checked against
+    the old model just before the switch, and committed after the switch counted the faces,
+    would leave old-model faces in a store of the new one. Storing photos takes
+    it ``shared`` (concurrent batches store at once), the switch exclusively: the switch
+    waits for the photos being stored and then counts them as faces to re-embed, and
+    photos arriving meanwhile wait and are checked against the new model.
+
+    PostgreSQL: ``pg_advisory_xact_lock_shared`` / ``pg_advisory_xact_lock``. Other
+    databases: an ``UPDATE`` of the ``store_locks`` row (SQLite: its one write lock,
+    which every write there takes anyway). Call it before reading the active model.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        session.execute(text(f"SELECT {function}(:key)"), {"key": MODEL_LOCK_KEY})
+        return
+    _write_lock_row(session, "model")
+
+
+def _write_lock_row(session: Session, name: str) -> None:
+    """Write the ``store_locks`` row ``name`` (created on first use): the database's write or row lock until commit."""
+    taken = session.execute(text("UPDATE store_locks SET taken_at = :at WHERE name = :name"), {"at": _now(), "name": name})
     if taken.rowcount == 0:
-        _insert_ignoring_conflict(session, StoreLockRow, {"name": "lifecycle", "taken_at": _now()}, ["name"])
+        _insert_ignoring_conflict(session, StoreLockRow, {"name": name, "taken_at": _now()}, ["name"])
 
 
 def _insert_ignoring_conflict(session: Session, table, values: dict, keys: list[str]):
@@ -773,7 +803,12 @@ def replace_clustering_in(
 
 
 def _refuse_other_models(session: Session, photos: Sequence[NewPhoto]) -> None:
-    """Raise ModelMismatchError when a face was embedded by another model than the store's active one."""
+    """Raise ModelMismatchError when a face was embedded by another model than the store's active one.
+
+    Takes the model lock (shared) first: the active model read here stays the active one
+    until ``session`` commits its photos (:func:`lock_store_model`).
+    """
+    lock_store_model(session, shared=True)
     active = session.get(StoreModelRow, "active")
     if active is None:
         return

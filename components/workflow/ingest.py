@@ -472,6 +472,27 @@ def write_crops(workspace: ws.Workspace, crops: list[tuple[str, int, int]], pixe
         list(pool.map(write, crops))  # list(): the first failed write raises here
 
 
+def store_shards(embedding_uris: list[str], store, workspace: ws.Workspace, model, model_of_store) -> list[dict]:
+    """Store a batch's shards (:func:`store_shard`) with ``model``, the store's model as resolved.
+
+    A re-embed may switch the store to a new model while the batch is being stored: the
+    store then refuses the next shard whole (``ModelMismatchError``, nothing of it written),
+    and that shard and the rest are embedded again with ``model_of_store()``, the store's
+    model now, and stored. Shards committed before the switch are among the faces it moves
+    to the new model (the switch waits for them: :func:`components.identities.store.lock_store_model`).
+    """
+    from components.identities.store import ModelMismatchError
+
+    counts = []
+    for uri in embedding_uris:
+        try:
+            counts.append(store_shard(uri, store, workspace, model))
+        except ModelMismatchError:
+            model = model_of_store()
+            counts.append(store_shard(uri, store, workspace, model))
+    return counts
+
+
 def assign(embedding_uris: list[str], *, at: str | datetime | None = None, settings=None) -> str:
     """Store every shard of the batch, then assign new faces to identities or the pool.
 
@@ -491,8 +512,8 @@ def assign(embedding_uris: list[str], *, at: str | datetime | None = None, setti
     if not embedding_uris:
         raise WorkflowError("assign needs the embeddings of at least one shard")
     store = _store(workspace.store_url)
-    model = model_for(store, settings)  # the store's model, resolved once for every shard
-    shards = [store_shard(uri, store, workspace, model) for uri in sorted(embedding_uris)]
+    model = model_for(store, settings)  # the store's model, resolved once (again only after a switch)
+    shards = store_shards(sorted(embedding_uris), store, workspace, model, lambda: model_for(store, settings))
     batch_id = json.loads(str(ws.read_npz(sorted(embedding_uris)[0])["meta"]))["batch_id"]
     now = parse_at(at) or utc_now()
     started = time.perf_counter()

@@ -168,3 +168,76 @@ def _race(url: str, stores: list) -> None:
     assert errors == []
     counts = IdentityStore(url).counts()
     assert (counts["images"], counts["faces"]) == (20, 20)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("first", ["switch", "photo"])
+def test_a_photo_stored_while_the_store_switches_models_never_mixes_them(database, first, tmp_path):
+    """A batch stores a photo embedded by the old model while a re-embed switches the store to the new one.
+
+    Two stores on one database (an ingest process and the re-embed). Whichever transaction
+    gets to its commit first is held there for a moment while the other runs: the photo
+    then either goes in before the switch and is counted as a face to re-embed (the switch
+    stops, ``ReembedIncomplete``), or waits for the switch and is refused (``ModelMismatchError``,
+    embed it again); never an old-model face in a store of the new model.
+    """
+    import threading
+    from contextlib import ExitStack
+
+    from sqlalchemy import event
+
+    from tests.databases import fresh_database, url_of
+
+    with ExitStack() as stack:
+        url = (f"sqlite:///{tmp_path / 'faces.db'}" if database == "sqlite"
+               else url_of(stack.enter_context(fresh_database("faces_switch"))))
+        reembedding, ingesting = IdentityStore(url), IdentityStore(url)
+        stack.callback(reembedding.engine.dispose)
+        stack.callback(ingesting.engine.dispose)
+        reembedding.adopt_model(OLD)
+        fill(reembedding, people(0), OLD.version)
+        reembedding.begin_reembed(NEW)
+        todo = reembedding.reembed_todo(NEW.version, limit=100)
+        reembedding.stage_embeddings([face for face, _ in todo], NEW.version, people(7))
+        late = NewFace(face_index=0, box=(0, 0, 50, 50), landmarks=np.zeros((5, 2)), confidence=1.0, blur=1.0,
+                       failures=[], embedding=people(1)[0], model_version=OLD.version, crop_path="crops/late.jpg")
+
+        at_commit, go_on = threading.Event(), threading.Event()
+
+        def hold(_session) -> None:  # the first writer waits at its commit while the other one runs
+            at_commit.set()
+            go_on.wait(timeout=3)
+
+        event.listen((reembedding if first == "switch" else ingesting)._sessions, "before_commit", hold)
+        outcome: dict = {}
+
+        def switch() -> None:
+            try:
+                outcome["switch"] = switch_model(reembedding, NEW, POLICY, now=AT)
+            except ReembedIncomplete as error:
+                outcome["switch"] = error
+
+        def store_photo() -> None:
+            try:
+                outcome["photo"] = ingesting.add_photos([db.NewPhoto("e" * 64, "late.jpg", (100, 100), [late], "test")])
+            except ModelMismatchError as error:
+                outcome["photo"] = error
+
+        threads = {"switch": threading.Thread(target=switch), "photo": threading.Thread(target=store_photo)}
+        second = "photo" if first == "switch" else "switch"
+        threads[first].start()
+        assert at_commit.wait(timeout=30)
+        threads[second].start()
+        threads[second].join(timeout=1.5)  # with the lock it waits for the first one's commit
+        go_on.set()
+        for thread in threads.values():
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+
+        versions = reembedding.embedded_versions()
+        assert len(versions) == 1, f"the store mixes two models: {versions}"
+        if first == "switch":  # switched first: the photo finds the new model active and is refused
+            assert versions == {NEW.version: 12} and isinstance(outcome["photo"], ModelMismatchError), outcome
+        else:  # the photo first: the switch counts it as not yet re-embedded and changes nothing
+            assert isinstance(outcome["switch"], ReembedIncomplete), outcome
+            assert versions == {OLD.version: 13} and reembedding.model("active").version == OLD.version

@@ -9,6 +9,7 @@ leave none of its rows behind, and the re-run must store it whole.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import numpy as np
@@ -153,3 +154,38 @@ def test_add_photos_skips_photos_already_stored_inside_its_transaction(tmp_path)
         assert rows(store) == {"images": 2, "faces": 2, "rejected": 0}
     finally:
         store.engine.dispose()
+
+
+def test_a_shard_refused_after_a_model_switch_is_embedded_again_with_the_new_model(shard):
+    """assign resolved the store's model, then a re-embed switched the store to a new one before the shard
+    was stored: the store refuses the shard whole, which is embedded again with the store's model now and
+    stored, so the batch goes on and the store holds one model's embeddings."""
+    from components.identities import NewFace, NewPhoto, Policy
+    from components.identities.lifecycle import switch_model
+    from components.identities.store import StoreModel
+
+    workspace, store, embeddings = shard
+    new = SimpleNamespace(version="net+new", embedder=SimpleNamespace(
+        embed=lambda crops: np.full((len(crops), 128), 128 ** -0.5, np.float32)))  # any vectors, the new model's
+    store.adopt_model(StoreModel(MODEL.version, None, "local", {"verify": 0.9, "cluster": 0.9, "assign": 0.9}))
+    earlier = NewFace(face_index=0, box=(0, 0, 9, 9), landmarks=np.zeros((5, 2)), confidence=1.0, blur=1.0,
+                      failures=[], embedding=np.ones(128, np.float32) / np.sqrt(128), model_version=MODEL.version,
+                      crop_path="c.jpg")
+    store.add_photos([NewPhoto("a" * 64, "a.jpg", (9, 9), [earlier], "test")])
+    # The re-embed: every stored face embedded with the new model, then the switch.
+    target = StoreModel(new.version, 2, "registry", {"verify": 0.8, "cluster": 0.8, "assign": 0.8})
+    store.begin_reembed(target)
+    todo = store.reembed_todo(new.version, limit=10)
+    store.stage_embeddings([face for face, _ in todo], new.version, new.embedder.embed(todo))
+    switch_model(store, target, Policy(assign_threshold=0.8, cluster_threshold=0.8), now=datetime.now(UTC))
+    asked = []
+
+    def model_of_store():
+        asked.append(store.model("active").version)
+        return {new.version: new}[asked[-1]]
+
+    [counts] = ingest.store_shards([embeddings], store, workspace, MODEL, model_of_store)  # MODEL: resolved before the switch
+
+    assert asked == [new.version]
+    assert counts["photos_new"] == len(FACES_PER_PHOTO) and counts["usable_faces"] == sum(FACES_PER_PHOTO)
+    assert store.embedded_versions() == {new.version: 1 + sum(FACES_PER_PHOTO)}
