@@ -15,7 +15,8 @@ A failed expectation fails the run at once (no retries) with the rows and reason
 and the batch is quarantined; nothing is deleted. Outputs are keyed by the batch id
 (the `batch_id` parameter, or a hash of the batch's file list) under
 `$FACES_WORK_URI/batches/<batch id>/`; clearing and re-running any task adds nothing
-twice. Steps: `components/workflow/ingest.py`.
+twice. Steps: `components/workflow/ingest.py`, run in the machine's warm step server
+(`components/workflow/warm.py`: TensorFlow and the models stay loaded between tasks).
 """
 
 from __future__ import annotations
@@ -48,54 +49,47 @@ from airflow.sdk import Param, dag, task
 def face_ingest():
     @task
     def plan(params=None) -> str:
-        from components.workflow import ingest
-        from components.workflow.steps import run_step
+        from components.workflow.steps import run_ingest_step
 
-        return run_step(ingest.plan, params["batch"], batch_id=params["batch_id"] or None,
+        return run_ingest_step("plan", params["batch"], batch_id=params["batch_id"] or None,
                         shard_size=params["shard_size"], folder_labels=params["folder_labels"])
 
     @task
     def validate_images(manifest: str) -> list[str]:
-        from components.workflow import ingest
-        from components.workflow.steps import run_step
+        from components.workflow.steps import run_ingest_step
 
-        return run_step(ingest.validate_images, manifest)
+        return run_ingest_step("validate_images", manifest)
 
     @task
     def detect(shard: str) -> str:
-        from components.workflow import ingest
-        from components.workflow.steps import run_step
+        from components.workflow.steps import run_ingest_step
 
-        return run_step(ingest.detect, shard)
+        return run_ingest_step("detect", shard)
 
     @task
     def validate_faces(detections: str) -> str:
-        from components.workflow import ingest
-        from components.workflow.steps import run_step
+        from components.workflow.steps import run_ingest_step
 
-        return run_step(ingest.validate_faces, detections)
+        return run_ingest_step("validate_faces", detections)
 
     @task
     def embed(detections: str) -> str:
-        from components.workflow import ingest
-        from components.workflow.steps import run_step
+        from components.workflow.steps import run_ingest_step
 
-        return run_step(ingest.embed, detections)
+        return run_ingest_step("embed", detections)
 
     @task
     def assign(embeddings: list[str], dag_run=None) -> str:
-        from components.workflow import ingest
-        from components.workflow.steps import run_step
+        from components.workflow.steps import run_ingest_step
 
         # The run's own time, not the wall clock: a cleared and re-run task records the same moment.
-        return run_step(ingest.assign, list(embeddings), at=(dag_run.logical_date or dag_run.run_after).isoformat())
+        return run_ingest_step("assign", list(embeddings), at=(dag_run.logical_date or dag_run.run_after).isoformat())
 
     @task
     def record_metrics(assigned: str) -> str:
-        from components.workflow import ingest
-        from components.workflow.steps import run_step
+        from components.workflow.steps import run_ingest_step
 
-        return run_step(ingest.record_metrics, assigned)
+        return run_ingest_step("record_metrics", assigned)
 
     shards = validate_images(plan())
     detections = validate_faces.expand(detections=detect.expand(shard=shards))

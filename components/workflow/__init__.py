@@ -18,11 +18,14 @@ no rows.
 
 ``python -m components.workflow ingest|recluster|retrain`` runs a whole workflow in
 one process (what the DVC stages and ``faces bench ingest`` call).
+
+* :mod:`components.workflow.warm`: the warm step server face_ingest's tasks hand their
+  steps to, so TensorFlow and the models stay loaded between tasks.
 """
 
 from __future__ import annotations
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 
 class WorkflowError(Exception):

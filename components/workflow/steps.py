@@ -23,3 +23,14 @@ def run_step(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         from airflow.sdk.exceptions import AirflowFailException  # only ever called inside an Airflow task
 
         raise AirflowFailException(str(error)) from error
+
+
+def run_ingest_step(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Run face_ingest's step ``name`` in this machine's warm step server (components.workflow.warm).
+
+    The task's process imports neither TensorFlow nor the models: the server has them
+    loaded from earlier tasks. ``FACES_WARM_WORKERS=0`` runs the step in the task's process.
+    """
+    from components.workflow import warm
+
+    return run_step(warm.call, name, *args, **kwargs)

@@ -46,6 +46,10 @@ def airflow_env(home: Path, work: Path, **extra: str) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        # The tasks' warm step servers (components/workflow/warm.py) keep their sockets beside this
+        # home, where stop_step_servers finds them; an idle one also exits by itself soon.
+        "FACES_WARM_DIR": str(home.parent / f"{home.name}-warm"),
+        "FACES_WARM_IDLE_S": "120",
     })
     env.update(extra)
     return env
@@ -72,6 +76,15 @@ def lfw_batch(tmp_path_factory) -> Path:
     return root
 
 
+def stop_step_servers(env: dict[str, str]) -> None:
+    """Stop the warm step servers the tasks of this environment started."""
+    from components.workflow import warm
+
+    folder = Path(env["FACES_WARM_DIR"])
+    if folder.is_dir():
+        warm.stop(folder)
+
+
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory) -> dict[str, str]:
     """A migrated SQLite Airflow home and a work area, shared by the DAG tests of a session."""
@@ -79,7 +92,8 @@ def airflow_home(tmp_path_factory) -> dict[str, str]:
     work = tmp_path_factory.mktemp("work")
     env = airflow_env(home, work)
     run([AIRFLOW, "db", "migrate"], env, timeout=180)
-    return env
+    yield env
+    stop_step_servers(env)
 
 
 def read_json(path: Path | str) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dags.conftest import AIRFLOW, PEOPLE, REPO, airflow_env, free_port, run
+from tests.dags.conftest import AIRFLOW, PEOPLE, REPO, airflow_env, free_port, run, stop_step_servers
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -104,6 +104,7 @@ class Stack:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
+        stop_step_servers(self.env)  # started by the workers' tasks, outside their process groups
         for proc, _ in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
