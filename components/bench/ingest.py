@@ -16,15 +16,23 @@ Each batch goes through three paths, side by side on the same photos:
   breakdown (validate, load + detect, embed, store, assign, record).
 * ``dag``: ``airflow dags test face_ingest`` in a subprocess (temporary SQLite
   metadata database): the same steps as Airflow tasks (XCom, task-instance state,
-  the DAG's mapping). Its wall time includes the start of Python, Airflow and
-  TensorFlow and the model loads, which every run of a real deployment pays once per
-  worker process. The share of the wall time spent outside the components (``1 -
+  the DAG's mapping), handed to the warm step server (components/workflow/warm.py)
+  that a warm-up run of the DAG on the warm-up batch started, as a worker that ran
+  a batch before. Its wall time includes the start of Python and Airflow and the
+  DAG parse. The share of the wall time spent outside the components (``1 -
   component seconds / wall``) is the orchestration overhead.
+* ``dag_cold``: the same with ``FACES_WARM_WORKERS=0``: every step in the task's own
+  process, as before the step server (TensorFlow import and model loads inside the
+  wall time; under a real executor every task process pays them again).
 * baseline ``faces_run``: the original one-process job (components/pipeline/run.py)
   on the same photos, with its clustering and HTML report.
 
 Throughput is photos per hour of wall time on this machine (its cores shared with
 whatever else runs: the ``uptime`` load before and after is recorded).
+
+The code before this workflow version cannot run here (one store transaction per
+photo, no step server), so its figures are kept from the committed result of an
+earlier run (``earlier_run``: another moment, another load; compare with care).
 """
 
 from __future__ import annotations
@@ -184,35 +192,60 @@ def run_direct(folder: Path, root: Path, settings: Settings, shard_size: int, wa
             "wall_by_call_s": metrics["wall_seconds"]}
 
 
-def run_dag(folder: Path, root: Path, shard_size: int, timeout_s: float) -> dict:
-    """``airflow dags test face_ingest`` on the batch; wall time against the components' own seconds."""
+def run_dag(folder: Path, root: Path, shard_size: int, timeout_s: float, *, warm_workers: bool = True,
+            warmup: Path | None = None) -> dict:
+    """``airflow dags test face_ingest`` on the batch; wall time against the components' own seconds.
+
+    With ``warm_workers`` a first run on ``warmup`` starts the step server and loads its
+    models (timed apart); the measured run then finds them loaded.
+    """
     airflow = str(Path(sys.executable).parent / "airflow")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW__", "FACES_", "MLFLOW_"))}
     env.update(_fresh_env(root))
     if os.environ.get("FACES_PARAMS"):  # the same parameters as the direct path
         env["FACES_PARAMS"] = str(Path(os.environ["FACES_PARAMS"]).resolve())
     env.update({"AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "TF_CPP_MIN_LOG_LEVEL": "3"})
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "TF_CPP_MIN_LOG_LEVEL": "3",
+                "FACES_WARM_WORKERS": "1" if warm_workers else "0", "FACES_WARM_DIR": str(root / "warm")})
     (root / "airflow").mkdir(parents=True, exist_ok=True)
     subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
-    conf = json.dumps({"batch": str(folder), "batch_id": "bench", "shard_size": shard_size, "folder_labels": True})
-    started = time.perf_counter()
-    done = subprocess.run([airflow, "dags", "test", "face_ingest", "2026-01-01T00:00:00+00:00", "-c", conf], env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
-    wall = time.perf_counter() - started
-    if done.returncode != 0 or "state=success" not in done.stdout + done.stderr:
-        output = done.stdout + done.stderr
-        errors = [line for line in output.splitlines() if "exc_value" in line or "Error" in line or "failed for" in line]
-        raise RuntimeError("airflow dags test failed:\n" + "\n".join(errors[:20])[:4000] + "\n" + output[-2000:])
+
+    def dags_test(batch: Path, batch_id: str, date: str) -> float:
+        conf = json.dumps({"batch": str(batch), "batch_id": batch_id, "shard_size": shard_size, "folder_labels": True})
+        started = time.perf_counter()
+        done = subprocess.run([airflow, "dags", "test", "face_ingest", date, "-c", conf], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+        wall = time.perf_counter() - started
+        if done.returncode != 0 or "state=success" not in done.stdout + done.stderr:
+            output = done.stdout + done.stderr
+            errors = [line for line in output.splitlines() if "exc_value" in line or "Error" in line or "failed for" in line]
+            raise RuntimeError("airflow dags test failed:\n" + "\n".join(errors[:20])[:4000] + "\n" + output[-2000:])
+        return wall
+
+    from components.workflow import warm
+
+    try:
+        warmup_s = dags_test(warmup, "warmup", "2025-12-31T00:00:00+00:00") if warm_workers and warmup else None
+        wall = dags_test(folder, "bench", "2026-01-01T00:00:00+00:00")
+    finally:
+        if (root / "warm").is_dir():
+            warm.stop(root / "warm")
     metrics = json.loads((root / "work" / "batches" / "bench" / "metrics.json").read_text())
     steps = _breakdown(metrics, {})
     components = sum(steps.values())
+    tasks = 3 + 4 * metrics["shards"]  # plan, validate_images, assign + per shard detect, validate_faces, embed
     return {"wall_s": round(wall, 3), "photos": metrics["photos"], "shards": metrics["shards"],
             "photos_per_hour": round(metrics["photos"] / wall * 3600), "steps_s": steps,
             "component_s": round(components, 3), "outside_components_s": round(wall - components, 3),
             "overhead_share": round(1 - components / wall, 3),
-            "note": "one `airflow dags test` process: Python + Airflow start, DAG parse, TensorFlow import and "
-                    "model loads are inside the wall time; tasks run one after another in that process"}
+            "task_instances": tasks + 1, "outside_components_per_task_s": round((wall - components) / (tasks + 1), 3),
+            "warm_workers": warm_workers,
+            **({"warmup_run_s (step server start, models, MLflow store, GE)": round(warmup_s, 1)} if warmup_s else {}),
+            "note": ("one `airflow dags test` process (Python + Airflow start and the DAG parse inside the wall time); "
+                     "every step handed to the warm step server, started and warmed by a run on the warm-up batch"
+                     if warm_workers else
+                     "one `airflow dags test` process, every step in it (FACES_WARM_WORKERS=0): Python + Airflow start, "
+                     "DAG parse, TensorFlow import and model loads inside the wall time")}
 
 
 def run_baseline(folder: Path, root: Path, settings: Settings) -> dict:
@@ -279,8 +312,14 @@ def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullh
             if baseline:
                 entry["baseline_faces_run"] = run_baseline(folder, tmp / kind / "baseline", settings)
             if dag:
-                entry["dag"] = run_dag(folder, tmp / kind / "dag", shard_size, dag_timeout_s)
-                entry["orchestration_overhead_ratio"] = round(entry["dag"]["wall_s"] / entry["workflow_direct"]["wall_s"], 3)
+                direct_wall = entry["workflow_direct"]["wall_s"]
+                entry["dag"] = run_dag(folder, tmp / kind / "dag", shard_size, dag_timeout_s, warmup=warmup)
+                entry["dag_cold"] = run_dag(folder, tmp / kind / "dag-cold", shard_size, dag_timeout_s,
+                                            warm_workers=False)
+                entry["orchestration_overhead_ratio"] = round(entry["dag"]["wall_s"] / direct_wall, 3)
+                # The issue's measure: the Airflow path's throughput as a share of the direct path's.
+                entry["dag_throughput_over_direct"] = round(direct_wall / entry["dag"]["wall_s"], 3)
+                entry["dag_cold_throughput_over_direct"] = round(direct_wall / entry["dag_cold"]["wall_s"], 3)
             best = entry["workflow_direct"]["photos_per_hour"]
             entry["goal_met_direct"] = best >= GOALS[kind]
             if dag:
@@ -302,17 +341,44 @@ def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullh
         "baseline": "faces run (components/pipeline/run.py): the one-process job on the same photos",
         "results": results,
         "thesis_load_estimate": hardware_estimate(results["fullhd"]),
+        "earlier_run": earlier_run(out, workflow_version),
         "seconds": round(time.perf_counter() - began, 1),
     }
     save_result(out, summary)
     return summary
 
 
+def earlier_run(out: Path, workflow_version: str) -> dict | None:
+    """The figures of the previous workflow version, from the result file this run replaces.
+
+    That code cannot run beside this one (one store transaction per photo, steps in
+    the task's process), so its last committed result is the baseline: photos per hour
+    and wall seconds per path, with its date and load.
+    """
+    try:
+        previous = json.loads(Path(out).read_text())
+    except (OSError, ValueError):
+        return None
+    if previous.get("versions", {}).get("workflow") == workflow_version:
+        return previous.get("earlier_run")  # a re-run of this version: keep the older baseline
+    paths = ("workflow_direct", "dag", "baseline_faces_run")
+    return {
+        "note": "an earlier run of the previous workflow version (not this run: another moment, another load)",
+        "workflow": previous.get("versions", {}).get("workflow"), "date": previous.get("date"),
+        "uptime_before": previous.get("machine", {}).get("uptime_before"),
+        "uptime_after": previous.get("machine", {}).get("uptime_after"),
+        "results": {kind: {"photos": entry.get("photos"),
+                           **{path: {key: entry[path].get(key) for key in ("photos_per_hour", "wall_s", "steps_s")}
+                              for path in paths if path in entry}}
+                    for kind, entry in previous.get("results", {}).items()},
+    }
+
+
 def table(summary: dict) -> list[dict]:
     """The README rows: one per kind of photo and path."""
     rows = []
     for kind, entry in summary["results"].items():
-        for path in ("workflow_direct", "dag", "baseline_faces_run"):
+        for path in ("workflow_direct", "dag", "dag_cold", "baseline_faces_run"):
             if path in entry:
                 rows.append({"photos": kind, "path": path, "n": entry[path]["photos"],
                              "photos_per_hour": entry[path]["photos_per_hour"], "goal": entry["goal_photos_per_hour"],
