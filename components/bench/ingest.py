@@ -225,8 +225,9 @@ def run_dag(folder: Path, root: Path, shard_size: int, timeout_s: float, *, warm
     from components.workflow import warm
 
     try:
-        warmup_s = dags_test(warmup, "warmup", "2025-12-31T00:00:00+00:00") if warm_workers and warmup else None
-        wall = dags_test(folder, "bench", "2026-01-01T00:00:00+00:00")
+        # Both runs on or after the DAG's start_date (2026-01-01): an earlier run would run no task.
+        warmup_s = dags_test(warmup, "warmup", "2026-01-01T00:00:00+00:00") if warm_workers and warmup else None
+        wall = dags_test(folder, "bench", "2026-01-02T00:00:00+00:00")
     finally:
         if (root / "warm").is_dir():
             warm.stop(root / "warm")
