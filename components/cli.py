@@ -156,6 +156,22 @@ def cmd_bench_ingest(args, settings) -> int:
     return 0
 
 
+def cmd_bench_detect(args, settings) -> int:
+    from components.bench.detect import run_benchmark
+
+    sizes = {"composed": 12, "collages": 12, "lfw_photos": 48} if args.quick else {}
+    result = run_benchmark(settings, out=Path(args.out), composed=sizes.get("composed", args.composed),
+                           collages=sizes.get("collages", args.collages), lfw_photos=sizes.get("lfw_photos", args.lfw_photos),
+                           seed=args.seed, command="faces bench detect " + " ".join(sys.argv[3:]))
+    print(json.dumps({name: {d: {k: v for k, v in entry[d].items() if k in ("recall_40_plus", "main_face_found",
+                                                                             "precision", "seconds_per_photo")}
+                             for d in ("mtcnn_package", "current", "fast")} for name, entry in result["sets"].items()},
+                     indent=2))
+    print(f"bound met: {result['bound_met']}; load average during: {result['load_average']['during_1min']}")
+    print(f"written: {args.out}")
+    return 0
+
+
 def cmd_bench_cluster(args, settings) -> int:
     from components.bench.cluster import main as bench_cluster_main
 
@@ -281,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=10.0, help="how long the clients run (default 10)")
     p.add_argument("--clients", type=int, default=32, help="closed-loop clients, half /verify, half /identify")
     p.set_defaults(func=cmd_bench_soak)
+    p = bench_sub.add_parser("detect", help="recall and precision against known boxes, and seconds per photo: the "
+                             "mtcnn package image by image, the detector before the fast one, the fast one")
+    p.add_argument("--out", default="bench/results/detect.json")
+    p.add_argument("--composed", type=int, default=200, help="full-HD photos composed from LFW faces of 20-400 px")
+    p.add_argument("--collages", type=int, default=200, help="collages of 2-4 LFW photos")
+    p.add_argument("--lfw-photos", type=int, help="a seeded sample of pairs.txt's photos (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="12 composed photos, 12 collages, 48 LFW photos (a few minutes)")
+    p.set_defaults(func=cmd_bench_detect)
     p = bench_sub.add_parser("reembed", help="a store of LFW's faces moved to a new model, beside plain embedding")
     p.add_argument("--out", default="bench/results/reembed.json")
     p.add_argument("--faces", type=int, help="first N cached LFW faces (default: all, 13k+)")

@@ -40,9 +40,33 @@ class BaseParams:
 
 @dataclass(frozen=True)
 class DetectParams:
+    """Face detection (MTCNN) and the quality gates.
+
+    The settings that trade recall for speed are here and nowhere else; every run records
+    them (``faces run``'s report.json ``params.detect``, ``faces bench detect``'s JSON):
+
+    * ``mode``: ``fast`` (the engine's detector: a pyramid sized to the photo, packed into
+      compiled P-Net calls, R-Net and O-Net on crops of the full photo) or ``package`` (the
+      ``mtcnn`` package called on same-sized batches of photos downscaled to ``max_side``,
+      the detector before ``fast``; kept to measure against).
+    * ``min_face_size``: the smallest face looked for, in pixels of the photo (``package``:
+      of the downscaled photo).
+    * ``min_face_fraction`` (``fast``): ... and at least this fraction of the photo's shorter
+      side (0.033: 36 px in a full-HD photo, 20 px up to 600 px); 0 looks for
+      ``min_face_size`` faces in every photo, at a cost growing with the photo's pixels.
+    * ``max_side``: ``fast``: the pyramid's largest level (P-Net's input) is at most this long,
+      which caps the scales of very large photos; ``package``: photos are downscaled to this.
+    * ``scale_factor``: the pyramid's step (the package's 0.709); closer to 1, more levels.
+    * ``stage_thresholds``: P-Net, R-Net and O-Net face thresholds (the package's defaults);
+      lower, more candidates reach the next, slower, stage.
+    """
+
     batch_size: int = 32
     max_side: int = 1280
     min_face_size: int = 20
+    min_face_fraction: float = 0.033
+    scale_factor: float = 0.709
+    stage_thresholds: tuple[float, ...] = (0.6, 0.7, 0.8)
     min_confidence: float = 0.95
     min_face_px: int = 40
     min_blur: float = 0.005
@@ -54,6 +78,13 @@ class DetectParams:
         wrong = [turn for turn in self.try_rotations if turn not in (90, 180, 270)]
         if wrong:
             raise ValueError(f"params.yaml [DetectParams] try_rotations: turns are 90, 180 or 270 degrees; got {wrong}")
+        if self.mode not in ("fast", "package"):
+            raise ValueError(f"params.yaml [DetectParams] mode: fast or package; got {self.mode!r}")
+        if len(self.stage_thresholds) != 3:
+            raise ValueError("params.yaml [DetectParams] stage_thresholds: three (P-Net, R-Net, O-Net)")
+        if not 0 < self.scale_factor < 1 or self.min_face_size < 12 or not 0 <= self.min_face_fraction < 1:
+            raise ValueError("params.yaml [DetectParams]: scale_factor in (0, 1), min_face_size >= 12 (P-Net's window), "
+                             "min_face_fraction in [0, 1)")
 
 
 @dataclass(frozen=True)

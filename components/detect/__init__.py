@@ -4,7 +4,7 @@ from components.detect.align import CROP_SIZE, TEMPLATE_150, align_face, similar
 from components.detect.detector import Face, FaceDetector
 from components.detect.quality import blur_score, quality_failures
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 __all__ = [
     "CROP_SIZE",

@@ -1,9 +1,15 @@
 """Batched MTCNN face detection with alignment and per-face quality.
 
-The ``mtcnn`` package (its shipped weights) does the detection. Calling it on a list
-of same-sized images runs each network once per batch instead of once per image,
-which is several times faster on CPU; photos of different sizes are grouped by
-shape so no batch pays for padding.
+The ``mtcnn`` package's networks and shipped weights do the detection, in one of two
+modes (``detect.mode``):
+
+* ``fast`` (default): :mod:`components.detect.fast_mtcnn`, a pyramid sized to each photo
+  and packed into compiled P-Net calls for the whole batch, R-Net and O-Net on crops of
+  the full-resolution photos;
+* ``package``: the package itself on a list of same-sized photos downscaled to
+  ``max_side`` (each network once per batch; photos of different sizes grouped by
+  shape so no batch pays for padding). The detector before ``fast``, kept so
+  ``faces bench detect`` measures both in one run.
 """
 
 from __future__ import annotations
@@ -114,10 +120,11 @@ class FaceDetector:
     The networks load on first use, so constructing a detector is free.
     """
 
-    def __init__(self, params: DetectParams | None = None, device: str = "CPU:0"):
+    def __init__(self, params: DetectParams | None = None, device: str = "CPU:0", networks=None):
         self.params = params or DetectParams()
         self.device = device
-        self._mtcnn = None
+        self._mtcnn = networks  # an mtcnn.MTCNN to share with another detector (its weights load once)
+        self._fast = None
 
     @property
     def mtcnn(self):
@@ -126,6 +133,14 @@ class FaceDetector:
 
             self._mtcnn = MTCNN(device=self.device)
         return self._mtcnn
+
+    @property
+    def fast(self):
+        if self._fast is None:
+            from components.detect.fast_mtcnn import FastMTCNN
+
+            self._fast = FastMTCNN(self.mtcnn, self.params)
+        return self._fast
 
     def locate(self, images: Sequence[np.ndarray]) -> list[list[tuple[tuple[float, ...], np.ndarray, float]]]:
         """Boxes, landmarks and confidences for each photo, without cropping.
@@ -137,6 +152,20 @@ class FaceDetector:
             One list per photo of (box xywh, landmarks (5, 2), confidence), in
             original pixel coordinates.
         """
+        images = list(images)
+        if self.params.mode == "fast":
+            batch_size = max(1, self.params.batch_size)
+            found = []
+            for start in range(0, len(images), batch_size):
+                found += [rows_to_boxes(rows, 1.0) for rows in self.fast.locate_rows(images[start : start + batch_size])]
+            return found
+        return self._locate_package(images)
+
+    def _locate_package(self, images: Sequence[np.ndarray]) -> list[list[tuple[tuple[float, ...], np.ndarray, float]]]:
+        """The ``package`` mode: the ``mtcnn`` package on same-sized batches of photos downscaled to ``max_side``."""
+        p = self.params
+        kwargs = {"min_face_size": p.min_face_size, "scale_factor": p.scale_factor, "threshold_pnet": p.stage_thresholds[0],
+                  "threshold_rnet": p.stage_thresholds[1], "threshold_onet": p.stage_thresholds[2]}
         prepared = [downscale(image, self.params.max_side) for image in images]
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, (small, _) in enumerate(prepared):
@@ -150,7 +179,7 @@ class FaceDetector:
                     [prepared[i][0] for i in chunk],
                     box_format="xyxy",
                     output_type="numpy",
-                    min_face_size=self.params.min_face_size,
+                    **kwargs,
                 )
                 rows = np.asarray(rows).reshape(-1, 16)
                 for position, index in enumerate(chunk):
