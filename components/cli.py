@@ -292,10 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured per level and endpoint")
     p.set_defaults(func=cmd_bench_serve)
     p = bench_sub.add_parser("soak", help="the BentoML service under 32 clients for minutes while batches are "
-                                          "ingested: errors, memory growth, load average")
+                                          "ingested and a new model is promoted: errors, memory growth, load average")
     p.add_argument("--out", default="bench/results/soak.json")
     p.add_argument("--minutes", type=float, default=10.0, help="how long the clients run (default 10)")
     p.add_argument("--clients", type=int, default=32, help="closed-loop clients, half /verify, half /identify")
+    p.add_argument("--promote-at", type=float, help="minutes into the soak when a new model version is registered, "
+                   "promoted, the store re-embedded and the service reloaded (default: half way)")
+    p.add_argument("--no-promotion", action="store_true", help="no model promotion during the soak")
     p.set_defaults(func=cmd_bench_soak)
     p = bench_sub.add_parser("detect", help="recall and precision against known boxes, and seconds per photo: the "
                              "mtcnn package image by image, the detector before the fast one, the fast one")

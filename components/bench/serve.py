@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,14 @@ def in_process(settings: Settings, pairs, queries, duration_s: float) -> dict:
 
 # -- HTTP ----------------------------------------------------------------------------
 
-def load_level(url: str, key: str, endpoint: str, bodies: list, clients: int, duration_s: float) -> dict:
-    """``clients`` closed-loop clients for ``duration_s`` seconds; latency, throughput, errors."""
+def load_level(url: str, key: str, endpoint: str, bodies: list, clients: int, duration_s: float,
+               on_answer: Callable[[float, str | None, object], None] | None = None) -> dict:
+    """``clients`` closed-loop clients for ``duration_s`` seconds; latency, throughput, errors.
+
+    ``on_answer(seconds, outcome, response)`` is called for every counted request (outcome
+    None for a 200, else what failed; response None after a connection error): the soak
+    reads which model answered from it.
+    """
     import httpx
 
     stop = threading.Event()
@@ -143,6 +150,7 @@ def load_level(url: str, key: str, endpoint: str, bodies: list, clients: int, du
                 files = bodies[i % len(bodies)]
                 i += clients
                 began = time.perf_counter()
+                response = None
                 try:
                     response = session.post(endpoint, files=files)
                     ok = response.status_code == 200
@@ -157,6 +165,8 @@ def load_level(url: str, key: str, endpoint: str, bodies: list, clients: int, du
                         latencies.append(took)
                     else:
                         errors[outcome] += 1
+                if on_answer is not None:
+                    on_answer(took, outcome, response)
 
     threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
     start = time.perf_counter()
