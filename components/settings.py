@@ -62,6 +62,7 @@ class DetectParams:
     """
 
     batch_size: int = 32
+    mode: str = "fast"
     max_side: int = 1280
     min_face_size: int = 20
     min_face_fraction: float = 0.033
@@ -274,9 +275,14 @@ class RetrainParams:
         promote_metric: held-out figure that decides promotion (components.train.retrain.METRICS):
             verification on the held-out evidence pairs (``accuracy``, ``auc``, ``tar_at_far_1e-3``)
             or clustering of the identities held out whole (``pairwise_f1``, ``bcubed_f1``).
+        promote_on: which held-out evidence decides (components.train.retrain.EVIDENCE):
+            ``future`` photos of known people (what the store meets every day: the people
+            of a photo library come back), ``unseen`` people or ``all`` pairs.
         promote_margin: the challenger becomes champion only when it beats the champion's
-            ``promote_metric`` by at least this ...
-        guard_margin: ... and falls by no more than this on any other held-out figure ...
+            ``promote_metric`` on the ``promote_on`` pairs by at least this ...
+        guard_margin: ... and falls by no more than this on the other verification figure and on
+            either kind of evidence apart (people never trained on guard against a head that
+            only learned the store's people) ...
         max_p_value: ... and is right on significantly more evidence pairs than the champion
             (McNemar's exact test on the pairs the two models decide differently).
         loss: cosine loss of the head re-fit (components.train.head.HEAD_LOSSES).
@@ -294,6 +300,7 @@ class RetrainParams:
     min_faces: int = 5
     cohesion_slack: float = 0.045
     promote_metric: str = "accuracy"
+    promote_on: str = "future"
     promote_margin: float = 0.002
     guard_margin: float = 0.02
     max_p_value: float = 0.05

@@ -25,9 +25,10 @@ from airflow.sdk import Asset, Param, dag, task
 IDENTITIES = Asset("faces://identities")
 # The trigger form's choices, as the code that checks them names them (no second list to keep in step).
 METRICS = ("accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1")  # components.train.retrain.METRICS
+EVIDENCE = ("future", "unseen", "all")  # components.train.retrain.EVIDENCE
 HEAD_LOSSES = ("cosface", "arcface")  # components.train.head.HEAD_LOSSES
 OVERRIDES = ("steps", "learning_rate", "loss", "anchor", "min_faces", "cohesion_slack", "future_share", "unseen_share",
-             "promote_metric", "promote_margin", "guard_margin", "max_p_value")
+             "promote_metric", "promote_on", "promote_margin", "guard_margin", "max_p_value")
 CHAMPION = Asset("faces://champion")
 
 
@@ -62,6 +63,9 @@ def _optional(kind: str, title: str, description: str, **limits) -> Param:
                                   exclusiveMinimum=0, exclusiveMaximum=1),
         "promote_metric": _optional("string", "Promotion metric", "Empty: retrain.promote_metric.",
                                     enum=[None, *METRICS]),
+        "promote_on": _optional("string", "Evidence that decides", "future: newest photos of known people; unseen: "
+                                "people never trained on; all: both. Empty: retrain.promote_on.",
+                                enum=[None, *EVIDENCE]),
         "promote_margin": _optional("number", "Promotion margin", "Empty: retrain.promote_margin."),
         "guard_margin": _optional("number", "Largest fall allowed on the other figures", "Empty: retrain.guard_margin.",
                                   minimum=0),

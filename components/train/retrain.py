@@ -51,6 +51,7 @@ import numpy as np
 
 from components.settings import PROJECT_ROOT, RetrainParams, Settings
 from components.train.data import LabelledFaces, TrainingDataError, select_self_labels
+from components.train.evidence import PAIR_KINDS
 from components.train.loop import CheckpointError, load_keras_model
 
 EXPERIMENT = "retrain"
@@ -63,6 +64,10 @@ METRICS = ("accuracy", "auc", "tar_at_far_1e-3", "pairwise_f1", "bcubed_f1")
 # worse; not TAR at FAR 1e-3 either: a store's evidence has a few thousand different pairs at
 # most, so that figure turns on a handful of them.
 GUARD_METRICS = ("accuracy", "auc")
+CLUSTER_METRICS = ("pairwise_f1", "bcubed_f1")  # of the identities held out whole, whatever ``promote_on`` says
+# The evidence a promotion is decided on: ``future`` photos of known people, people never trained
+# on (``unseen``), or ``all`` pairs together.
+EVIDENCE = ("future", "unseen", "all")
 LABEL_SOURCES = ("store", "lfw")
 KEY_TAG = "faces.retrain.key"
 CALIBRATION_FACES = 2000  # training faces the cluster threshold is calibrated on (whole identities, seeded)
@@ -205,45 +210,62 @@ def paired_test(champion_right: np.ndarray, challenger_right: np.ndarray) -> dic
     return {"challenger_only": wins, "champion_only": losses, "p_value": round(float(p), 6)}
 
 
-def decide(champion: dict, challenger: dict, metric: str, margin: float, guard_margin: float | None = None,
-           max_p_value: float | None = None) -> dict:
-    """Promote only when the challenger beats the champion by ``margin`` on ``metric`` and falls
-    by no more than ``guard_margin`` on the other figures of :data:`GUARD_METRICS` (None: no guard).
+def _figures(result: dict, metric: str, evidence: str) -> dict:
+    """The figures of one kind of evidence (``all``: every pair); clustering figures are the unseen identities'."""
+    return result if evidence == "all" or metric in CLUSTER_METRICS else result[evidence]
 
-    A head that gains accuracy while its ranking of pairs (AUC) gets worse is not a better
-    model; the guard says which figure stopped it. With ``max_p_value``, both dicts carry
-    ``_right`` (which evidence pairs each model decides right at its own threshold) and
-    the win must be significant: one pair more out of a few hundred is luck, not a model.
+
+def decide(champion: dict, challenger: dict, metric: str, margin: float, guard_margin: float | None = None,
+           max_p_value: float | None = None, evidence: str = "all") -> dict:
+    """Promote only when the challenger beats the champion by ``margin`` on ``metric`` of the
+    ``evidence`` pairs and falls by no more than ``guard_margin`` on any other guarded figure.
+
+    ``evidence`` is ``future`` (the newest photos of known people), ``unseen`` (people never
+    trained on) or ``all``; each result carries the per-kind figures under those keys. The
+    guard watches :data:`GUARD_METRICS` of the deciding evidence and of every kind apart: a
+    head that gains on the people it was trained on while it gets worse at strangers (or
+    a gain in accuracy while the ranking of pairs, AUC, gets worse) is not a better model,
+    and the guard says which figure stopped it (None: no guard). With ``max_p_value``, both
+    results carry ``_right`` (which evidence pairs each model decides right at its own
+    threshold) and ``_kind`` (each pair's kind), and the win on the deciding pairs must be
+    significant: one pair more out of a few hundred is luck, not a model.
     """
     if metric not in METRICS:
         raise ValueError(f"retrain.promote_metric must be one of {METRICS}; got {metric!r}")
-    delta = challenger[metric] - champion[metric]
-    fallen = {} if guard_margin is None else {
-        m: round(challenger[m] - champion[m], 5) for m in GUARD_METRICS
-        if m != metric and m in champion and challenger[m] < champion[m] - guard_margin}
+    if evidence not in EVIDENCE:
+        raise ValueError(f"retrain.promote_on must be one of {EVIDENCE}; got {evidence!r}")
+    before, after = _figures(champion, metric, evidence), _figures(challenger, metric, evidence)
+    delta = after[metric] - before[metric]
+    fallen = {}
+    if guard_margin is not None:
+        watched = [("", before, after)] + [(f"{kind} ", champion[kind], challenger[kind]) for kind in PAIR_KINDS
+                                           if kind != evidence and kind in champion and kind in challenger]
+        fallen = {f"{label}{m}": round(new[m] - old[m], 5) for label, old, new in watched for m in GUARD_METRICS
+                  if not (label == "" and m == metric) and m in old and new[m] < old[m] - guard_margin}
     paired = None
     if max_p_value is not None and "_right" in champion and "_right" in challenger:
-        paired = paired_test(np.asarray(champion["_right"]), np.asarray(challenger["_right"]))
+        chosen = slice(None) if evidence == "all" or "_kind" not in champion else \
+            np.asarray(champion["_kind"]) == evidence
+        paired = paired_test(np.asarray(champion["_right"])[chosen], np.asarray(challenger["_right"])[chosen])
     luck = paired is not None and paired["p_value"] > max_p_value
     promote = bool(delta >= margin and not fallen and not luck)
+    on = "" if evidence == "all" or metric in CLUSTER_METRICS else f" on {evidence} pairs"
+    won = f"challenger {metric}{on} {after[metric]:.4f} beats champion {before[metric]:.4f} by {delta:+.4f}"
     if promote:
-        reason = (f"challenger {metric} {challenger[metric]:.4f} beats champion {champion[metric]:.4f} by "
-                  f"{delta:+.4f} >= {margin}")
+        reason = f"{won} >= {margin}" + (f" (p = {paired['p_value']:.3g})" if paired else "")
     elif delta < margin:
-        reason = (f"challenger {metric} {challenger[metric]:.4f} vs champion {champion[metric]:.4f}: "
+        reason = (f"challenger {metric}{on} {after[metric]:.4f} vs champion {before[metric]:.4f}: "
                   f"{delta:+.4f} < margin {margin}; champion kept")
     elif fallen:
-        reason = (f"challenger {metric} {challenger[metric]:.4f} beats champion {champion[metric]:.4f} by "
-                  f"{delta:+.4f}, but " + ", ".join(f"{m} falls by {-d:.4f}" for m, d in fallen.items())
+        reason = (f"{won}, but " + ", ".join(f"{m} falls by {-d:.4f}" for m, d in fallen.items())
                   + f" (more than guard_margin {guard_margin}); champion kept")
     else:
-        reason = (f"challenger {metric} {challenger[metric]:.4f} beats champion {champion[metric]:.4f} by "
-                  f"{delta:+.4f}, but it is right on {paired['challenger_only']} pairs the champion gets wrong "
+        reason = (f"{won}, but it is right on {paired['challenger_only']} pairs the champion gets wrong "
                   f"and wrong on {paired['champion_only']} it gets right: p = {paired['p_value']:.3g} > "
                   f"max_p_value {max_p_value}, not a significant win; champion kept")
-    return {"decision": "promote" if promote else "keep", "metric": metric, "margin": margin,
+    return {"decision": "promote" if promote else "keep", "metric": metric, "evidence": evidence, "margin": margin,
             "guard_margin": guard_margin, "fallen": fallen, "paired": paired, "max_p_value": max_p_value,
-            "champion": champion[metric], "challenger": challenger[metric], "delta": round(delta, 5),
+            "champion": before[metric], "challenger": after[metric], "delta": round(delta, 5),
             "reason": reason}
 
 
@@ -331,6 +353,8 @@ def check_params(params: RetrainParams) -> RetrainParams:
             problems.append(f"{name} must be between 0 and 1, got {getattr(params, name)}")
     if not 0 <= params.cohesion_slack <= 2:
         problems.append(f"cohesion_slack is a difference of cosine similarities in [0, 2], got {params.cohesion_slack}")
+    if params.promote_on not in EVIDENCE:
+        problems.append(f"promote_on {params.promote_on!r} is not one of {', '.join(EVIDENCE)}")
     if not 0 < params.max_p_value <= 1:
         problems.append(f"max_p_value must be in (0, 1], got {params.max_p_value}")
     if problems:
@@ -637,6 +661,7 @@ def compare(embeddings: np.ndarray, labels: np.ndarray, split, seed: int, truth:
 
     out = evaluate_split(embeddings, split)
     out["_right"] = (out["_scores"] >= out["verification_threshold"]) == split.same
+    out["_kind"] = split.kind
     if truth is not None:
         named = np.array([bool(t) for t in truth], bool)
         both = named[split.pairs[:, 0]] & named[split.pairs[:, 1]]
@@ -820,7 +845,7 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
                     "reason": "the re-fitted head equals the champion's: no new model; champion kept"}
     else:
         decision = decide(champion_eval, challenger_eval, params.promote_metric, params.promote_margin,
-                          params.guard_margin, params.max_p_value)
+                          params.guard_margin, params.max_p_value, params.promote_on)
     log(f"{key}: {decision['reason']}")
 
     run_params = {"request_key": key, "champion_version": champion_version, "labels_from": labels_from,
@@ -886,6 +911,7 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
         if item is not None:
             item.pop("_scores", None)
             item.pop("_right", None)
+            item.pop("_kind", None)
     timings["total"] = time.perf_counter() - began
     outcome = {"key": key, "decision": decision, "labels": labels_report, "evidence": evidence_report,
                "training": {"method": "head re-fit", "moved": round(fit.moved, 5), "history": fit.history,

@@ -162,13 +162,14 @@ def test_the_trigger_form_offers_only_valid_choices():
     from pathlib import Path
 
     from components.train.head import HEAD_LOSSES
-    from components.train.retrain import METRICS
+    from components.train.retrain import EVIDENCE, METRICS
 
     source = (Path(__file__).resolve().parents[2] / "dags" / "face_retrain.py").read_text()
     constants = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
                  if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-                 and node.targets[0].id in ("METRICS", "HEAD_LOSSES", "OVERRIDES")}
+                 and node.targets[0].id in ("METRICS", "EVIDENCE", "HEAD_LOSSES", "OVERRIDES")}
     assert constants["METRICS"] == METRICS and constants["HEAD_LOSSES"] == HEAD_LOSSES
+    assert constants["EVIDENCE"] == EVIDENCE
     from components.settings import RetrainParams
 
     assert set(constants["OVERRIDES"]) <= set(RetrainParams.__dataclass_fields__)

@@ -228,6 +228,40 @@ def test_decision_needs_the_margin():
                              "bcubed_f1": 0.84}, "accuracy", 0.002, guard_margin=0.02)["decision"] == "promote"
 
 
+def test_the_future_pairs_decide_and_the_people_never_trained_on_guard():
+    """promote_on=future: the win must be significant on the future pairs alone; the unseen pairs
+    may not fall by more than the guard, and pairs of the other kind do not count in the test."""
+    import numpy as np
+
+    from components.train.retrain import decide
+
+    kind = np.array(["future"] * 100 + ["unseen"] * 100, object)
+    champion_right = np.ones(200, bool)
+    champion_right[:30] = False  # the champion misses 30 future pairs
+    challenger_right = np.ones(200, bool)
+    challenger_right[:5] = False  # the challenger misses 5 of them ...
+    challenger_right[100:130] = False  # ... and 30 unseen pairs the champion gets right
+
+    def result(right, future, unseen):
+        return {"accuracy": float(right.mean()), "auc": 0.99, "_right": right, "_kind": kind,
+                "future": {"accuracy": future, "auc": 0.99}, "unseen": {"accuracy": unseen, "auc": 0.99}}
+
+    champion = result(champion_right, 0.70, 0.99)
+    # Pooled, the challenger's 25 future wins and 30 unseen losses are no win at all.
+    assert decide(champion, result(challenger_right, 0.95, 0.985), "accuracy", 0.002, 0.02, 0.05,
+                  "all")["decision"] == "keep"
+    won = decide(champion, result(challenger_right, 0.95, 0.985), "accuracy", 0.002, 0.02, 0.05, "future")
+    assert won["decision"] == "promote", won
+    assert won["paired"]["challenger_only"] == 25 and won["paired"]["champion_only"] == 0
+    assert "on future pairs" in won["reason"]
+    # Strangers recognised clearly worse: the guard keeps the champion and names the figure.
+    guarded = decide(champion, result(challenger_right, 0.95, 0.90), "accuracy", 0.002, 0.02, 0.05, "future")
+    assert guarded["decision"] == "keep" and set(guarded["fallen"]) == {"unseen accuracy"}, guarded
+    assert "unseen accuracy falls by 0.0900" in guarded["reason"]
+    with pytest.raises(ValueError, match="promote_on"):
+        decide(champion, champion, "accuracy", 0.0, evidence="tomorrow")
+
+
 def test_retrain_from_a_password_protected_store_writes_the_password_nowhere(tmp_path, mlflow_store,
                                                                               postgres_database):
     """Self-labels from an identity store in PostgreSQL reached with a password: the cycle runs, and the
