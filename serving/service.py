@@ -250,24 +250,31 @@ class FaceAPI:
 
         A face is matched to the identity store's medoids at the model's assign threshold.
         """
-        from components.serving.identities import match_faces
+        from components.serving.identities import ModelChangedError, match_faces
         from components.serving.operations import identify_answer
 
         try:
             if self.index is None:
                 raise ServingError(503, "no_identity_store", "no identity store is configured (set FACES_STORE_URL)")
             image, scale = await self._decode(photo, "photo")
-            (photo,), model = await self._analyse([image])
-            faces = photo.faces
-            if not faces:
-                return identify_answer(faces, [], scale, 0.0, model)  # raises the 422
-            try:
-                medoids = await self.index.medoids(model["model_version"], self._index_embed)
-            except ServingError:
-                raise
-            except Exception as error:
-                logger.warning("identity store unavailable: %s", error)
-                raise ServingError(503, "identity_store_unavailable", "the identity store cannot be read; retry later") from None
+            for _ in range(3):  # a model swap between the faces and the medoids: ask both again
+                (analysed,), model = await self._analyse([image])
+                faces = analysed.faces
+                if not faces:
+                    return identify_answer(faces, [], scale, 0.0, model)  # raises the 422
+                try:
+                    medoids = await self.index.medoids(model["model_version"], self._index_embed)
+                    break
+                except ModelChangedError as error:
+                    logger.info("%s; asking again", error)
+                except ServingError:
+                    raise
+                except Exception as error:
+                    logger.warning("identity store unavailable: %s", error)
+                    raise ServingError(503, "identity_store_unavailable",
+                                       "the identity store cannot be read; retry later") from None
+            else:
+                raise ServingError(503, "model_changing", "the model changed during the request; retry")
             threshold = _threshold(model, "assign")
             usable = [face for face in faces if face.passed]
             matches = match_faces(np.stack([f.embedding for f in usable]) if usable else np.zeros((0, 0)),

@@ -23,6 +23,10 @@ from components.identities.store import EMBEDDING_DTYPE, FaceRow, IdentityRow, I
 from components.images import BadImageError, load_image_bytes
 
 
+class ModelChangedError(RuntimeError):
+    """The served model changed while the medoids were being re-embedded: ask again with the new one."""
+
+
 @dataclass
 class MedoidRow:
     identity_id: int
@@ -190,7 +194,7 @@ class IdentityIndex:
             if usable:
                 vectors, version = await embed_crops(np.stack([crop for _, crop in usable]))
                 if version != model_version:  # swapped mid-way: the caller retries with the new version
-                    raise RuntimeError(f"model changed from {model_version} to {version} while re-embedding medoids")
+                    raise ModelChangedError(f"model changed from {model_version} to {version} while re-embedding medoids")
                 for (row, _), vector in zip(usable, vectors):
                     ready.append(MedoidRow(row.identity_id, row.name, np.asarray(vector, np.float32), model_version,
                                            row.crop_path))

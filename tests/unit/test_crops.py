@@ -278,3 +278,26 @@ def test_a_users_not_this_person_becomes_a_training_negative(tmp_path):
     data, _ = from_store(store, min_faces=3, min_cohesion=0.5)
     pairs = {tuple(sorted((int(data.face_ids[i]), int(data.face_ids[j])))) for i, j in data.cannot_link}
     assert pairs == {tuple(sorted((a, b)))}
+
+
+def test_a_model_swap_while_medoids_are_re_embedded_asks_again(tmp_path):
+    """The service re-embeds stale medoids with the model in service; if that model changed mid-way,
+    the index says so with its own error (``/identify`` then asks again), not as an unreadable store."""
+    import asyncio
+
+    from components.serving.identities import IdentityIndex, ModelChangedError
+
+    (tmp_path / "out").mkdir()
+    store = store_with_crops(f"sqlite:///{tmp_path / 'out' / 'faces.db'}", crops_under(tmp_path / "out"))
+    index = IdentityIndex(store.url, crops_root=str(tmp_path / "out"))
+
+    async def swapped(crops):
+        return np.zeros((len(crops), 16), np.float32), "the next model"
+
+    async def same(crops):
+        return unit(np.ones((len(crops), 16))).astype(np.float32), "a new model"
+
+    with pytest.raises(ModelChangedError, match="model changed from a new model to the next model"):
+        asyncio.run(index.medoids("a new model", swapped))
+    medoids = asyncio.run(index.medoids("a new model", same))
+    assert medoids.model_version == "a new model" and len(medoids.ids) == 2 and medoids.unavailable == 0
