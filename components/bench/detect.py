@@ -51,7 +51,8 @@ from components.settings import PROJECT_ROOT, Settings
 
 LFW = PROJECT_ROOT / "data" / "lfw"
 FULL_HD = (1080, 1920)  # (height, width)
-SIZE_BANDS = ((20, 30), (30, 40), (40, 60), (60, 100), (100, 200), (200, 401))
+# Shorter side of the known box, px; the bands cover every size (a face drawn at 20 px can land at 19.9).
+SIZE_BANDS = ((0, 30), (30, 40), (40, 60), (60, 100), (100, 200), (200, 10_000))
 IOU_MATCH = 0.5
 BOUND_POINTS = 0.5  # the bound: recall of faces >= 40 px may not fall by more than this
 DETECTORS = ("mtcnn_package", "current", "fast")
@@ -122,7 +123,9 @@ def landmark_error(found: Sequence[tuple], truth: Truth, matched: np.ndarray) ->
 
 
 def band_name(band: tuple[int, int]) -> str:
-    return f"{band[0]}-{band[1] - 1}" if band[1] <= 400 else f"{band[0]}-400"
+    if band[0] == 0:
+        return f"under {band[1]}"
+    return f"{band[0]}-{band[1] - 1}" if band[1] < 10_000 else f"{band[0]} and more"
 
 
 def score(found_per_photo: Sequence[Sequence[tuple]], truths: Sequence[Truth], min_confidence: float) -> dict:
@@ -398,6 +401,7 @@ def run_benchmark(settings: Settings, out: Path, *, composed: int = 200, collage
             else:
                 hits = [main_face_found(f, image.shape) for f, image in zip(found[detector], images)]
                 scored = {"main_face_found": round(float(np.mean(hits)), 4), "photos_without_main_face": int(len(hits) - sum(hits)),
+                          "missed": [pair_paths[i].name for i, hit in enumerate(hits) if not hit],
                           "faces_per_photo": round(float(np.mean([len(f) for f in found[detector]])), 3)}
             scored["seconds_per_photo"] = round(seconds[detector] / max(1, len(images)), 4)
             entry[detector] = scored
