@@ -307,7 +307,7 @@ class RetrainParams:
     loss: str = "cosface"
     learning_rate: float = 1e-3
     steps: int = 300
-    anchor: float = 10.0
+    anchor: float = 3.0
     future_share: float = 0.2
     unseen_share: float = 0.2
     stream_batches: int = 20

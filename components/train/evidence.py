@@ -154,15 +154,36 @@ def verification_figures(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
             "tar_at_far_1e-3": report["tar_at_far_1e-3"], "verification_threshold": report["threshold_mean"]}
 
 
+def decided_right(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Which pairs the 10-fold protocol decides right: each fold by the threshold fit on the other nine.
+
+    The very decisions the 10-fold accuracy counts, so a paired test on them agrees with it.
+    """
+    from components.report.verification import best_threshold
+
+    scores, same, folds = np.asarray(scores, float), np.asarray(same, bool), np.asarray(folds)
+    right = np.zeros(len(scores), bool)
+    for fold in np.unique(folds):
+        test = folds == fold
+        right[test] = (scores[test] >= best_threshold(scores[~test], same[~test])) == same[test]
+    return right
+
+
 def evaluate_split(embeddings: np.ndarray, split: EvidenceSplit) -> dict:
-    """One model's figures on all the evidence pairs and on each kind apart."""
+    """One model's figures on all the evidence pairs and on each kind apart.
+
+    ``_scores`` holds each pair's similarity; ``_right`` (``all`` and each kind) which pairs the
+    10-fold protocol decides right, for a paired test between two models on the same pairs.
+    """
     scores = score_pairs(embeddings, split.pairs)
     out = verification_figures(scores, split.same, split.folds)
+    right = {"all": decided_right(scores, split.same, split.folds)}
     for name in PAIR_KINDS:
         chosen = split.kind == name
         part = verification_figures(scores[chosen], split.same[chosen], split.folds[chosen])
         out[name] = {k: part[k] for k in METRICS}
-    out["_scores"] = scores
+        right[name] = decided_right(scores[chosen], split.same[chosen], split.folds[chosen])
+    out["_scores"], out["_right"] = scores, right
     return out
 
 

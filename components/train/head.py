@@ -59,7 +59,7 @@ class HeadConfig:
     batch_size: int = 512
     learning_rate: float = 1e-3
     warmup: int = 30
-    anchor: float = 10.0
+    anchor: float = 3.0
     cannot_link_margin: float = 0.5
     seed: int = 0
 

@@ -226,9 +226,9 @@ def decide(champion: dict, challenger: dict, metric: str, margin: float, guard_m
     head that gains on the people it was trained on while it gets worse at strangers (or
     a gain in accuracy while the ranking of pairs, AUC, gets worse) is not a better model,
     and the guard says which figure stopped it (None: no guard). With ``max_p_value``, both
-    results carry ``_right`` (which evidence pairs each model decides right at its own
-    threshold) and ``_kind`` (each pair's kind), and the win on the deciding pairs must be
-    significant: one pair more out of a few hundred is luck, not a model.
+    results carry ``_right`` (by kind and ``all``: which evidence pairs each model decides right
+    under the 10-fold protocol), and the win on the deciding pairs must be significant: one
+    pair more out of a few hundred is luck, not a model.
     """
     if metric not in METRICS:
         raise ValueError(f"retrain.promote_metric must be one of {METRICS}; got {metric!r}")
@@ -244,9 +244,8 @@ def decide(champion: dict, challenger: dict, metric: str, margin: float, guard_m
                   if not (label == "" and m == metric) and m in old and new[m] < old[m] - guard_margin}
     paired = None
     if max_p_value is not None and "_right" in champion and "_right" in challenger:
-        chosen = slice(None) if evidence == "all" or "_kind" not in champion else \
-            np.asarray(champion["_kind"]) == evidence
-        paired = paired_test(np.asarray(champion["_right"])[chosen], np.asarray(challenger["_right"])[chosen])
+        kind = "all" if metric in CLUSTER_METRICS else evidence
+        paired = paired_test(np.asarray(champion["_right"][kind]), np.asarray(challenger["_right"][kind]))
     luck = paired is not None and paired["p_value"] > max_p_value
     promote = bool(delta >= margin and not fallen and not luck)
     on = "" if evidence == "all" or metric in CLUSTER_METRICS else f" on {evidence} pairs"
@@ -660,8 +659,6 @@ def compare(embeddings: np.ndarray, labels: np.ndarray, split, seed: int, truth:
     from components.train.evidence import evaluate_split, verification_figures
 
     out = evaluate_split(embeddings, split)
-    out["_right"] = (out["_scores"] >= out["verification_threshold"]) == split.same
-    out["_kind"] = split.kind
     if truth is not None:
         named = np.array([bool(t) for t in truth], bool)
         both = named[split.pairs[:, 0]] & named[split.pairs[:, 1]]
@@ -870,6 +867,10 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
                                 (("champion", champion_eval), ("challenger", challenger_eval)) if kind in value
                                 for m in ("accuracy", "auc", "tar_at_far_1e-3")})
         metrics["promoted"] = float(decision["decision"] == "promote")
+        if decision.get("paired"):  # McNemar's test on the deciding pairs, for the compare view
+            metrics.update(evidence_pairs_won=decision["paired"]["challenger_only"],
+                           evidence_pairs_lost=decision["paired"]["champion_only"],
+                           evidence_p_value=decision["paired"]["p_value"])
         mlflow.log_metrics(metrics)
         for entry in fit.history:
             mlflow.log_metric("head_loss", entry["loss"], step=entry["step"])
@@ -899,7 +900,8 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
             set_alias("challenger", challenger_version)
             if decision["decision"] == "promote":
                 promote(challenger_version, reason=decision["reason"], by=f"faces retrain ({key})")
-        mlflow.set_tags({"decision": decision["decision"], "champion_version": str(champion_version),
+        mlflow.set_tags({"decision": decision["decision"], "decision_reason": decision["reason"][:5000],
+                         "champion_version": str(champion_version),
                          "challenger_version": str(challenger_version)})
         decision.update({"champion_before": champion_version, "challenger_version": challenger_version,
                          "champion_after": challenger_version if decision["decision"] == "promote"
@@ -911,7 +913,6 @@ def retrain_cycle(settings: Settings, workdir: Path, *, key: str, labels_from: s
         if item is not None:
             item.pop("_scores", None)
             item.pop("_right", None)
-            item.pop("_kind", None)
     timings["total"] = time.perf_counter() - began
     outcome = {"key": key, "decision": decision, "labels": labels_report, "evidence": evidence_report,
                "training": {"method": "head re-fit", "moved": round(fit.moved, 5), "history": fit.history,

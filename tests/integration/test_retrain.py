@@ -243,7 +243,8 @@ def test_the_future_pairs_decide_and_the_people_never_trained_on_guard():
     challenger_right[100:130] = False  # ... and 30 unseen pairs the champion gets right
 
     def result(right, future, unseen):
-        return {"accuracy": float(right.mean()), "auc": 0.99, "_right": right, "_kind": kind,
+        return {"accuracy": float(right.mean()), "auc": 0.99,
+                "_right": {"all": right, **{name: right[kind == name] for name in ("future", "unseen")}},
                 "future": {"accuracy": future, "auc": 0.99}, "unseen": {"accuracy": unseen, "auc": 0.99}}
 
     champion = result(champion_right, 0.70, 0.99)

@@ -2,12 +2,19 @@
 
 The stack script (what ``make up`` / ``make down`` run) starts SeaweedFS, MLflow, the
 BentoML service and Airflow (api-server, scheduler, dag-processor); every health
-endpoint must answer. Against the running servers, a ``face_ingest`` run over a few
-LFW photos (uploaded to the stack's S3), a ``face_recluster`` and a ``face_retrain`` run
-with the trigger form's defaults (labels from that store) are triggered through Airflow's
-REST API, as the UI's trigger button does, and must succeed with their runs and the new
-model version in the MLflow server; the promoted version then reaches serving. ``down`` must then leave
-nothing running.
+endpoint must answer. Against the running servers, through Airflow's REST API as the UI's
+trigger button does:
+
+* a ``face_ingest`` run over a few LFW photos uploaded to the stack's S3;
+* the cycle that must lose: a dozen people's clean photos ingested and re-clustered, then
+  ``face_retrain`` with the trigger form's defaults (labels from that store): a new model
+  that differs from the champion is registered, compared in the MLflow server and kept;
+* the cycle that must win: photos of 45 more people from a poor camera, ingested and
+  re-clustered; the new identities schedule ``face_retrain`` by themselves, the challenger
+  is promoted, ``face_reembed`` follows and serving answers with the new version;
+* a rollback with ``faces models promote`` and ``face_reembed``.
+
+``down`` must then leave nothing running.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ PEOPLE = {"Aaron_Peirsol": 3, "Laura_Bush": 3}
 RETRAIN_PEOPLE = {name: 8 for name in ("Colin_Powell", "Tony_Blair", "Gerhard_Schroeder", "Hugo_Chavez",
                                        "Ariel_Sharon", "Donald_Rumsfeld", "Jacques_Chirac", "Jean_Chretien",
                                        "John_Ashcroft", "Junichiro_Koizumi", "Serena_Williams", "Vladimir_Putin")}
+
+# The domain-shift stream a cycle must win on: LFW people with 20+ photos, each photo as an old
+# surveillance camera gives it (components.bench.retrain.degrade_photo, seeded per photo).
+DEGRADED_PEOPLE, DEGRADED_PHOTOS = 45, 20
 
 SERVICES = ("s3", "mlflow", "serving", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
             "people-page")
@@ -416,37 +427,148 @@ def test_face_retrain_from_the_store_with_the_trigger_forms_defaults(stack):
     assert "champion kept" in challenger.tags["decision_reason"]
 
 
-def test_a_promotion_reaches_serving_through_face_reembed(stack):
-    """Promote the retrained challenger as a user would (`faces models promote`, the stack's env), trigger
-    face_reembed with the trigger form's defaults: the store moves to it and serving answers with it."""
+def degraded_people() -> list[str]:
+    """The first people (by name) with enough photos, other than those the store already holds."""
+    taken = {*PEOPLE, *RETRAIN_PEOPLE, "George_W_Bush"}
+    return sorted(p.name for p in LFW.iterdir() if p.is_dir() and p.name not in taken
+                  and sum(1 for _ in p.iterdir()) >= DEGRADED_PHOTOS)[:DEGRADED_PEOPLE]
+
+
+def upload_degraded(stack: Stack, prefix: str) -> int:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from components.bench.retrain import degrade_photo
+
+    client = stack.minio()
+    count = 0
+    for i, person in enumerate(degraded_people()):
+        for j, photo in enumerate(sorted((LFW / person).iterdir())[:DEGRADED_PHOTOS]):
+            data = degrade_photo(np.asarray(Image.open(photo).convert("RGB")), seed=1000 * i + j)
+            client.put_object(stack.config.bucket, f"{prefix}/{person}/{photo.name}", io.BytesIO(data), len(data),
+                              content_type="image/jpeg")
+            count += 1
+    return count
+
+
+def dag_runs(stack: Stack, dag_id: str) -> list[dict]:
+    status, body = http("GET", f"{stack.url('airflow')}/api/v2/dags/{dag_id}/dagRuns?limit=100", token=stack.airflow_token())
+    assert status == 200, body
+    return body["dag_runs"]
+
+
+def switch_on(stack: Stack, dag_id: str) -> None:
+    """What the UI's toggle does (DAGs start paused)."""
+    status, body = http("PATCH", f"{stack.url('airflow')}/api/v2/dags/{dag_id}", {"is_paused": False},
+                        token=stack.airflow_token())
+    assert status == 200, body
+
+
+def test_a_cycle_on_a_poor_camera_wins_and_reaches_serving(stack):
+    """The domain-shift stream, with nobody labelling anything: photos from a poor camera uploaded to S3
+    -> face_ingest -> face_recluster, whose new identities schedule face_retrain (the trigger form's
+    defaults) by themselves: the self-labelled challenger differs from the champion, beats it
+    significantly on the newest photos of known people without falling on people it never trained on,
+    and is promoted; face_reembed follows the promotion by itself and serving answers with the new
+    version and its own threshold."""
+    for dag_id in ("face_retrain", "face_reembed"):  # the automatic loop: the user switches both on
+        switch_on(stack, dag_id)
+    retrains_before = {run["dag_run_id"] for run in dag_runs(stack, "face_retrain")}
+    reembeds_before = {run["dag_run_id"] for run in dag_runs(stack, "face_reembed")}
     client = stack.mlflow()
-    challenger = int(client.get_model_version_by_alias("face-embedder", "challenger").version)
-    thresholds = {name: float(value) for name, value in
-                  ((key.removeprefix("faces.threshold."), value)
-                   for key, value in client.get_model_version("face-embedder", str(challenger)).tags.items()
-                   if key.startswith("faces.threshold."))}
-    assert set(thresholds) == {"verify", "cluster", "assign"}, "the challenger was registered without its thresholds"
+    experiment = client.get_experiment_by_name("retrain").experiment_id
+    runs_before = {run.info.run_id for run in client.search_runs([experiment])}
+    champion_before = int(client.get_model_version_by_alias("face-embedder", "champion").version)
+
+    photos = upload_degraded(stack, "incoming/poor-camera")
+    trigger(stack, "face_ingest", "ingest-poor-camera", {"batch": f"s3://{stack.config.bucket}/incoming/poor-camera",
+                                                         "batch_id": "poor-camera", "shard_size": photos,
+                                                         "folder_labels": True})
+    wait_for_run(stack, "face_ingest", "ingest-poor-camera", timeout_s=900)
+    trigger(stack, "face_recluster", "recluster-poor-camera", {"force": True})
+    wait_for_run(stack, "face_recluster", "recluster-poor-camera", timeout_s=300)
+
+    deadline = time.monotonic() + 900  # new identities -> asset faces://identities -> face_retrain
+    while True:
+        new = [run for run in dag_runs(stack, "face_retrain") if run["dag_run_id"] not in retrains_before]
+        if new and all(run["state"] not in ("queued", "running") for run in new):
+            break
+        assert time.monotonic() < deadline, f"face_retrain did not follow the new identities: {new}"
+        time.sleep(3)
+    assert all(run["state"] == "success" for run in new), new
+    cycles = [run for run in client.search_runs([experiment]) if run.info.run_id not in runs_before]
+    promoted = [run for run in cycles if run.data.tags.get("decision") == "promote"]
+    assert len(promoted) == 1, [(run.data.tags.get("decision_reason"), run.data.metrics) for run in cycles]
+    metrics, tags, params = promoted[0].data.metrics, promoted[0].data.tags, promoted[0].data.params
+    assert params["retrain.promote_on"] == "future"
+    assert metrics["evidence_p_value"] <= float(params["retrain.max_p_value"]), metrics
+    assert metrics["evidence_pairs_won"] > metrics["evidence_pairs_lost"], metrics
+    assert metrics["head_moved"] > 0.01  # a different model, not the champion's weights
+    assert (metrics["challenger_unseen_accuracy"]
+            >= metrics["champion_unseen_accuracy"] - float(params["retrain.guard_margin"])), metrics
+    # Against the folder names (a diagnostic the decision never sees) it is no worse either.
+    assert (metrics["challenger_against_folder_names_accuracy"]
+            >= metrics["champion_against_folder_names_accuracy"] - 0.005), metrics
+    challenger = int(tags["challenger_version"])
+    assert challenger != champion_before and int(tags["champion_version"]) == champion_before
+    assert int(client.get_model_version_by_alias("face-embedder", "champion").version) == challenger
+    thresholds = {key.removeprefix("faces.threshold."): float(value) for key, value in
+                  client.get_model_version("face-embedder", str(challenger)).tags.items()
+                  if key.startswith("faces.threshold.")}
+
+    # The promotion updated faces://champion: face_reembed runs by itself, then serving follows.
+    deadline = time.monotonic() + 600
+    while not [run for run in dag_runs(stack, "face_reembed") if run["dag_run_id"] not in reembeds_before
+               and run["state"] == "success"]:
+        assert time.monotonic() < deadline, f"face_reembed did not follow the promotion: {dag_runs(stack, 'face_reembed')}"
+        time.sleep(3)
+    answer = verify_until_version(stack, challenger)
+    assert answer["registry_version"] == challenger, answer
+    assert answer["threshold"] == thresholds["verify"] and answer["same"] is True
+
+
+def verify_until_version(stack: Stack, version: int, timeout_s: float = 120) -> dict:
+    """/verify of one photo with itself until the service answers with ``version`` (it reloads on
+    face_reembed's POST /reload and also polls the registry)."""
+    import httpx
+
+    photo = sorted((LFW / "Laura_Bush").iterdir())[0]
+    pair = [(name, (photo.name, photo.read_bytes(), "image/jpeg")) for name in ("photo_a", "photo_b")]
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=stack.url("serving"), headers={"X-API-Key": stack.client["FACES_API_KEY"]},
+                      timeout=120) as http_client:
+        while True:
+            answer = http_client.post("/verify", files=pair).json()
+            if answer.get("registry_version") == version or time.monotonic() > deadline:
+                return answer
+            time.sleep(2)
+
+
+def test_a_rollback_reaches_serving_through_face_reembed(stack):
+    """Roll back as a user would: `faces models promote` of the version before (the stack's env), then
+    face_reembed triggered with the trigger form's defaults: the store moves back and serving answers
+    with that version and its threshold."""
+    client = stack.mlflow()
+    champion = int(client.get_model_version_by_alias("face-embedder", "champion").version)
+    previous = int(client.get_model_version("face-embedder", str(champion)).tags["base_version"])
+    assert previous != champion
+    thresholds = {key.removeprefix("faces.threshold."): float(value) for key, value in
+                  client.get_model_version("face-embedder", str(previous)).tags.items()
+                  if key.startswith("faces.threshold.")}
+    assert set(thresholds) == {"verify", "cluster", "assign"}, "the version was registered without its thresholds"
     env = {**stack.env, **stack.client, "MLFLOW_TRACKING_URI": stack.url("mlflow")}
-    done = subprocess.run([sys.executable, "-m", "components.cli", "models", "promote", str(challenger),
-                           "--reason", "stack test"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "components.cli", "models", "promote", str(previous),
+                           "--reason", "rollback from the stack test"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "face_reembed" in done.stdout + done.stderr  # the user is told what comes next
     run_id = f"reembed-{uuid.uuid4().hex[:8]}"
     trigger(stack, "face_reembed", run_id, {})
     wait_for_run(stack, "face_reembed", run_id, timeout_s=300)
-    import httpx
-
-    photo = sorted((LFW / "Laura_Bush").iterdir())[0]
-    pair = [(name, (photo.name, photo.read_bytes(), "image/jpeg")) for name in ("photo_a", "photo_b")]
-    deadline = time.monotonic() + 120
-    with httpx.Client(base_url=stack.url("serving"), headers={"X-API-Key": stack.client["FACES_API_KEY"]},
-                      timeout=120) as http_client:
-        while True:  # face_reembed POSTed /reload; the service also polls
-            answer = http_client.post("/verify", files=pair).json()
-            if answer.get("registry_version") == challenger or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-    assert answer["registry_version"] == challenger, answer
+    answer = verify_until_version(stack, previous)
+    assert answer["registry_version"] == previous, answer
     assert answer["threshold"] == thresholds["verify"] and answer["same"] is True
 
 

@@ -111,3 +111,18 @@ def test_label_noise_against_folder_names():
     assert perfect["pairwise_precision"] == 1.0 and perfect["faces_with_folder_names"] == 4
     merged = label_noise(np.array([0, 0, 0, 0]), np.array(["a", "a", "b", "b"], object))
     assert merged["pairwise_precision"] < 0.5
+
+
+def test_the_paired_decisions_are_those_the_ten_fold_accuracy_counts():
+    from components.report.verification import ten_fold_accuracy
+    from components.train.evidence import decided_right
+
+    rng = np.random.default_rng(3)
+    same = rng.random(400) < 0.5
+    scores = np.where(same, 0.7, 0.4) + rng.normal(0, 0.15, 400)
+    folds = rng.permutation(np.arange(400) % 10 + 1)
+    right = decided_right(scores, same, folds)
+    report = ten_fold_accuracy(scores, same, folds)
+    per_fold = [right[folds == fold].mean() for fold in range(1, 11)]
+    assert np.allclose(per_fold, report["fold_accuracies"])
+    assert 0.7 < right.mean() < 1.0  # neither all right nor all wrong: the noise makes errors
