@@ -14,12 +14,15 @@ called photo by photo against our batched detector.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,13 +50,19 @@ class EnginePipeline:
 
         self.engine = engine_step.FaceEngine(settings.detect, engine_step.load_model(local_ref(settings),
                                                                                     settings.embed.batch_size))
+        # The detector's settings name the cache too: `detect.mode: package` (or a lower
+        # min_face_fraction) finds other faces with the same code version.
+        digest = hashlib.sha256(json.dumps(asdict(settings.detect), sort_keys=True).encode()).hexdigest()[:8]
+        self.detect_key = f"{settings.detect.mode}-{digest}"
 
     @property
     def version(self) -> str:
-        return f"detect-{detect_step.__version__}_engine-{engine_step.__version__}_{self.engine.model.version}"
+        return (f"detect-{detect_step.__version__}-{self.detect_key}_engine-{engine_step.__version__}_"
+                f"{self.engine.model.version}")
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        vectors = np.zeros((len(images), 128), np.float32)
+        # The model's own width (1024 for FaceRes), not the dlib model's 128.
+        vectors = np.zeros((len(images), int(self.engine.model.embedder.model.output_shape[-1])), np.float32)
         rows, crops = [], []
         for row, photo in enumerate(self.engine.detect(images)):
             if photo.main is not None:  # LFW names the main face, also when it fails a quality gate
@@ -130,11 +139,12 @@ def speed(paths: list[Path], engine: EnginePipeline, repeats: int, with_dlib: bo
     result: dict = {"photos": len(images), "repeats": repeats}
     engine_s = timed(lambda: engine(images), repeats)
     result["engine_photos_per_s"] = round(len(images) / engine_s, 2)
-    detect_s = timed(lambda: engine.detector.locate(images), repeats)
-    crops = np.stack([faces[0].crop for faces in engine.detector.detect(images[:64]) if faces])
-    embed_s = timed(lambda: engine.embedder.embed(crops), repeats)
+    detector, embedder = engine.engine.detector, engine.engine.model.embedder
+    detect_s = timed(lambda: detector.locate(images), repeats)
+    crops = np.stack([faces[0].crop for faces in detector.detect(images[:64]) if faces])
+    embed_s = timed(lambda: embedder.embed(crops), repeats)
     result["engine_embed_faces_per_s"] = round(len(crops) / embed_s, 2)
-    faces = sum(len(found) for found in engine.detector.locate(images))
+    faces = sum(len(found) for found in detector.locate(images))
     single_s = timed(lambda: [single.detect_faces(image) for image in images], repeats)
     result["detector"] = {
         "batched_photos_per_s": round(len(images) / detect_s, 2),
@@ -172,6 +182,7 @@ def run_benchmark(settings: Settings, out: Path, with_dlib: bool = True, speed_p
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     with_dlib = with_dlib and reference_dlib.available()
+    load_before = _load_average()
 
     engine = EnginePipeline(settings)
     vectors, found = embed_all(engine, paths, "engine", progress)
@@ -180,7 +191,9 @@ def run_benchmark(settings: Settings, out: Path, with_dlib: bool = True, speed_p
         "benchmark": "lfw-verify",
         "command": "faces bench lfw-verify" + ("" if with_dlib else " --no-dlib"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        # Speeds on a shared machine mean little without how busy it was.
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "load_average_before": load_before},
         "protocol": "LFW View 2 (pairs.txt): 10 folds, threshold fit on 9 folds and tested on the 10th; "
                     "main (centre) face of each photo; a photo without a face loses its pairs",
         "pairs": len(pairs),
@@ -188,6 +201,7 @@ def run_benchmark(settings: Settings, out: Path, with_dlib: bool = True, speed_p
         "engine": {
             "name": "MTCNN (batched) + dlib-ResNet rebuilt in Keras",
             "version": engine.version,
+            "detect_params": {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(settings.detect).items()},
             **verification_report(pair_scores(index_of, pairs, vectors, found, cosine), same, folds),
             "photos_without_face": int((~found).sum()),
         },
@@ -206,9 +220,15 @@ def run_benchmark(settings: Settings, out: Path, with_dlib: bool = True, speed_p
     # Every n-th photo, so the timing sample spans many people and image conditions.
     sample = paths[:: max(1, len(paths) // speed_photos)][:speed_photos]
     result["speed"] = speed(sample, engine, repeats, with_dlib)
+    result["machine"]["load_average_after"] = _load_average()
     result["table"] = _table(result)
     save_result(out, result)
     return result
+
+
+def _load_average() -> list[float]:
+    """1, 5 and 15-minute load averages."""
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def _table(result: dict) -> list[dict]:
