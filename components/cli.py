@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/results/serve.json")
     p.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured per level and endpoint")
+    p.add_argument("--baseline-detect-mode", choices=["package", "fast", "none"], default="package",
+                   help="also measure a second service with this detector (detect.mode), level by level beside "
+                        "params.yaml's (default: package, the detector before the fast one); none: skip")
     p.set_defaults(func=cmd_bench_serve)
     p = bench_sub.add_parser("soak", help="the BentoML service under 32 clients for minutes while batches are "
                                           "ingested and a new model is promoted: errors, memory growth, load average")
