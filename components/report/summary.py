@@ -27,6 +27,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def run_params(settings, sections=("detect", "cluster")) -> dict:
+    """The settings a run records, section by section (``faces run``'s report, the ingest DAG's MLflow run).
+
+    ``detect`` holds the settings that trade recall for speed (``mode``, ``min_face_fraction``,
+    ``scale_factor``, ``stage_thresholds``, ...): two runs compare only knowing them.
+    """
+    return _jsonable({name: asdict(getattr(settings, name)) for name in sections})
+
+
 def _model_line(summary: dict) -> str:
     """Which model embedded the faces, from where, with which thresholds (and whether the store moved to it)."""
     model = summary.get("model") or {}
@@ -76,7 +85,7 @@ def build_summary(*, store: IdentityStore, log, clustering: dict | None, changed
             "largest": identities[0]["size"] if identities else 0,
         },
         "clustering": clustering,
-        "params": _jsonable({name: asdict(getattr(settings, name)) for name in ("detect", "cluster")}),
+        "params": run_params(settings),
     }
 
 

@@ -569,6 +569,7 @@ def record_metrics(assign_uri: str, *, settings=None) -> str:
     Returns:
         URI of ``metrics.json``; it names the MLflow run under ``mlflow_run``.
     """
+    from components.report.summary import run_params
     from components.workflow.tracking import log_once
 
     settings = settings or _settings()
@@ -581,7 +582,8 @@ def record_metrics(assign_uri: str, *, settings=None) -> str:
     metrics["mlflow_run"] = log_once(
         EXPERIMENT, batch_id, run_name=batch_id,
         params={"batch_id": batch_id, "source": metrics["source"], "shard_size": settings.workflow.shard_size,
-                "detect.max_side": settings.detect.max_side,
+                # Every detector setting, as `faces run` records them: recall traded for speed shows per run.
+                **{f"detect.{key}": value for key, value in run_params(settings, ("detect",))["detect"].items()},
                 "identities.assign_threshold": metrics["assign_threshold"], "model_version": metrics["model_version"]},
         metrics={key: metrics[key] for key in ("photos", "photos_new", "already_stored", "rejected", "faces",
                                                "usable_faces", "seconds", "lifecycle", "store")},

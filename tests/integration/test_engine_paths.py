@@ -75,7 +75,14 @@ def test_faces_run_and_the_dag_steps_find_the_same_faces(photos, tmp_path, monke
     found, _ = folder_photos(photos, folder_labels=True)
     report = run(found, tmp_path / "run", settings, progress=False)
     assert report["model"]["source"] == "local" and report["model"]["reembedded"] is None
-    steps.run_ingest(str(photos), folder_labels=True, track=False)
+    ingested = steps.run_ingest(str(photos), folder_labels=True, track=True)
+    # The ingest run's MLflow params carry every detector setting, as `faces run`'s report does.
+    import mlflow
+
+    params = mlflow.MlflowClient().get_run(ingested["mlflow_run"].split("/")[-1]).data.params
+    detect = {key.removeprefix("detect."): value for key, value in params.items() if key.startswith("detect.")}
+    assert detect == {key: str(value) for key, value in report["params"]["detect"].items()}
+    assert {"mode", "min_face_fraction", "scale_factor", "stage_thresholds", "max_side"} <= set(detect)
 
     by_run = faces_by_photo(f"sqlite:///{tmp_path / 'run' / 'faces.db'}")
     by_steps = faces_by_photo(f"sqlite:///{tmp_path / 'work.db'}")
