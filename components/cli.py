@@ -150,7 +150,8 @@ def cmd_bench_ingest(args, settings) -> int:
 
     result = run_benchmark(settings, out=Path(args.out), lfw_photos=args.lfw_photos, fullhd_photos=args.fullhd_photos,
                            shard_size=args.shard_size, dag=not args.no_dag, baseline=not args.no_baseline,
-                           command="faces bench ingest " + " ".join(sys.argv[3:]))
+                           baseline_detect_mode=None if args.baseline_detect_mode == "none" else args.baseline_detect_mode,
+                           direct_repeats=args.direct_repeats, command="faces bench ingest " + " ".join(sys.argv[3:]))
     print(json.dumps({"table": table(result), "thesis_load_estimate": result["thesis_load_estimate"]}, indent=2))
     print(f"written: {args.out}")
     return 0
@@ -283,8 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lfw-photos", type=int, default=256, help="LFW photos (250x250) in the batch")
     p.add_argument("--fullhd-photos", type=int, default=32, help="composed 1920x1080 photos in the batch")
     p.add_argument("--shard-size", type=int, default=64, help="photos per detect/embed task")
-    p.add_argument("--no-dag", action="store_true", help="skip the `airflow dags test` path")
+    p.add_argument("--no-dag", action="store_true",
+                   help="skip the `airflow dags test` paths (the replaced result's DAG figures are kept, labelled as its)")
     p.add_argument("--no-baseline", action="store_true", help="skip the `faces run` baseline")
+    p.add_argument("--baseline-detect-mode", choices=["package", "fast", "none"], default="package",
+                   help="also run the direct steps with this detector (detect.mode), beside params.yaml's; none: skip")
+    p.add_argument("--direct-repeats", type=int, default=1,
+                   help="rounds of the direct steps per detector, taking turns (the best round counts)")
     p.set_defaults(func=cmd_bench_ingest)
     p = bench_sub.add_parser("serve", help="the BentoML service under load (1, 8, 32 clients) beside the same work in-process")
     p.add_argument("--out", default="bench/results/serve.json")

@@ -28,7 +28,20 @@ Each batch goes through three paths, side by side on the same photos:
   on the same photos, with its clustering and HTML report.
 
 Throughput is photos per hour of wall time on this machine (its cores shared with
-whatever else runs: the ``uptime`` load before and after is recorded).
+whatever else runs: the ``uptime`` load before and after is recorded, and after every
+direct run).
+
+Detector before and after (``baseline_detect_mode``, default ``package``): the direct
+steps also run with the detector that ``detect.mode`` replaced, the rest of the settings
+unchanged, on the same photos in the same run (``workflow_direct_baseline_detect``). On
+a shared machine the load drifts within minutes, so the two detectors take turns over
+``direct_repeats`` rounds (which one goes first alternates), and each is judged by its
+best round; ``detector_speedup`` is that throughput ratio against the issue's goals
+(1.5x on LFW photos, 1.8x on full-HD).
+
+``dag=False`` skips the Airflow paths (minutes each under load); the DAG figures of the
+result file this run replaces are then kept beside this run's, labelled as from that
+run (``dag_from_earlier_run``), never mixed into this run's ratios.
 
 The code before this workflow version cannot run here (one store transaction per
 photo, no step server), so its figures are kept from the committed result of an
@@ -40,12 +53,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +74,10 @@ LFW = PROJECT_ROOT / "data" / "lfw" / "images_deepfunneled"
 FULL_HD = (1920, 1080)
 GOALS = {"lfw": 150_000, "fullhd": 15_000}  # photos per hour on this machine's 2 cores (the issue's goals)
 THESIS_LOAD = 100_000  # full-HD photos per hour, the thesis's production load
+# The issue's goals for the steps' throughput with the new detector over the one before, same run.
+DETECTOR_GOALS = {"lfw": 1.5, "fullhd": 1.8}
+DAG_KEYS = ("dag", "dag_cold", "orchestration_overhead_ratio", "dag_throughput_over_direct",
+            "dag_cold_throughput_over_direct", "goal_met_dag")
 
 
 def _uptime() -> str:
@@ -66,6 +85,66 @@ def _uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def load_1min(uptime: str | None) -> float | None:
+    """The 1-minute load average of an ``uptime`` line (None when it has none)."""
+    found = re.search(r"load averages?:\s*([0-9.]+)", uptime or "")
+    return float(found.group(1)) if found else None
+
+
+def _commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # Other edits in the working tree are named: the figures are of the files as they were, not of the commit alone.
+    return done.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "") if done.returncode == 0 else None
+
+
+def with_detect_mode(settings: Settings, mode: str) -> Settings:
+    """The same settings with another detector: nothing else may differ between the two measurements."""
+    return replace(settings, detect=replace(settings.detect, mode=mode))
+
+
+def detector_comparison(baseline_walls: list[float], walls: list[float], photos: int, goal: float, *,
+                        baseline_mode: str, mode: str) -> dict:
+    """Throughput of the steps with ``mode`` over ``baseline_mode``, from rounds run in turn on the same photos.
+
+    Each detector is taken at its best round: the load of a shared machine only slows a run
+    down, so the fastest round is the one least disturbed (each round's ratio is kept too).
+    """
+    if not walls or len(walls) != len(baseline_walls):
+        raise ValueError("one wall time per round for each detector")
+    best_old, best_new = min(baseline_walls), min(walls)
+    ratio = best_old / best_new  # same photos: the throughput ratio is the inverse of the wall ratio
+    return {"baseline_detect_mode": baseline_mode, "detect_mode": mode, "rounds": len(walls),
+            "photos_per_hour_baseline_detect": round(photos / best_old * 3600),
+            "photos_per_hour": round(photos / best_new * 3600),
+            "ratio": round(ratio, 3), "ratio_per_round": [round(old / new, 3) for old, new in zip(baseline_walls, walls)],
+            "goal_ratio": goal, "goal_met": ratio >= goal,
+            "measure": "best wall time of the rounds per detector; rounds alternate which detector runs first"}
+
+
+def carried_dag(previous: dict | None, kind: str) -> dict | None:
+    """The DAG paths' figures of the result file a run without them replaces, labelled as not this run's."""
+    entry = (previous or {}).get("results", {}).get(kind) or {}
+    if "dag_from_earlier_run" in entry:  # that run skipped them too: keep the original figures and label
+        return entry["dag_from_earlier_run"]
+    if "dag" not in entry:
+        return None
+    params = previous.get("params", {})
+    return {"note": "NOT this run: the Airflow paths as measured by the earlier run this file replaced (another "
+                    "moment, another load, its own detector); their ratios are to that run's direct path",
+            "date": previous.get("date"), "command": previous.get("command"), "commit": previous.get("commit"),
+            "detect_mode": params.get("detect.mode", "package (the run predates detect.mode)"),
+            "uptime_before": previous.get("machine", {}).get("uptime_before"),
+            "uptime_after": previous.get("machine", {}).get("uptime_after"),
+            "workflow_direct_photos_per_hour": entry.get("workflow_direct", {}).get("photos_per_hour"),
+            **{key: entry[key] for key in DAG_KEYS if key in entry}}
 
 
 def lfw_paths(count: int, seed: int = 0) -> list[Path]:
@@ -294,10 +373,18 @@ def hardware_estimate(result: dict) -> dict:
 
 def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullhd_photos: int = 32,
                   shard_size: int = 64, dag: bool = True, baseline: bool = True, dag_timeout_s: float = 1800,
+                  baseline_detect_mode: str | None = "package", direct_repeats: int = 1,
                   command: str = "faces bench ingest") -> dict:
     """Measure every path for both kinds of photo and write the JSON to ``out``."""
     from components.workflow import __version__ as workflow_version
 
+    try:
+        previous = json.loads(Path(out).read_text())
+    except (OSError, ValueError):
+        previous = None
+    if baseline_detect_mode == settings.detect.mode:
+        baseline_detect_mode = None  # the same detector twice measures nothing
+    repeats = max(1, direct_repeats)
     load_before = _uptime()
     began = time.perf_counter()
     warmup = lfw_batch(4, seed=99)
@@ -309,7 +396,28 @@ def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullh
             entry: dict = {"photos": len([p for p in folder.rglob("*.jpg")]), "folder": str(folder.relative_to(PROJECT_ROOT)),
                            "faces_placed": faces_placed if kind == "fullhd" else None,
                            "goal_photos_per_hour": GOALS[kind]}
-            entry["workflow_direct"] = run_direct(folder, tmp / kind / "direct", settings, shard_size, warmup)
+            modes = [settings.detect.mode] + ([baseline_detect_mode] if baseline_detect_mode else [])
+            runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+            uptimes = []
+            for round_ in range(repeats):
+                # The detector before goes first in even rounds, second in odd ones: a drift in load
+                # over the run then falls on both.
+                for mode in (modes[::-1] if round_ % 2 == 0 else modes):
+                    runs[mode].append(run_direct(folder, tmp / kind / f"direct-{mode}-{round_}",
+                                                 with_detect_mode(settings, mode), shard_size, warmup))
+                    runs[mode][-1]["detect_mode"] = mode
+                    uptimes.append(_uptime())
+            entry["uptime_after_direct_runs"] = uptimes
+            best = {mode: min(done, key=lambda run: run["wall_s"]) for mode, done in runs.items()}
+            entry["workflow_direct"] = {**best[settings.detect.mode],
+                                        "wall_s_per_round": [run["wall_s"] for run in runs[settings.detect.mode]]}
+            if baseline_detect_mode:
+                entry["workflow_direct_baseline_detect"] = {
+                    **best[baseline_detect_mode], "wall_s_per_round": [run["wall_s"] for run in runs[baseline_detect_mode]]}
+                entry["detector_speedup"] = detector_comparison(
+                    [run["wall_s"] for run in runs[baseline_detect_mode]], [run["wall_s"] for run in runs[settings.detect.mode]],
+                    entry["workflow_direct"]["photos"], DETECTOR_GOALS[kind],
+                    baseline_mode=baseline_detect_mode, mode=settings.detect.mode)
             if baseline:
                 entry["baseline_faces_run"] = run_baseline(folder, tmp / kind / "baseline", settings)
             if dag:
@@ -325,6 +433,8 @@ def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullh
             entry["goal_met_direct"] = best >= GOALS[kind]
             if dag:
                 entry["goal_met_dag"] = entry["dag"]["photos_per_hour"] >= GOALS[kind]
+            elif carried_dag(previous, kind):
+                entry["dag_from_earlier_run"] = carried_dag(previous, kind)
             results[kind] = entry
     summary = {
         "benchmark": "ingest",
@@ -335,8 +445,11 @@ def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullh
                     "note": "shared machine (other jobs running: see the load averages); absolute figures are noisy "
                             "and pessimistic"},
         "versions": {"workflow": workflow_version},
+        "commit": _commit(),
         "params_file": os.environ.get("FACES_PARAMS") or "params.yaml",
-        "params": {"shard_size": shard_size, "detect.batch_size": settings.detect.batch_size,
+        "params": {"shard_size": shard_size, "detect.mode": settings.detect.mode,
+                   "baseline_detect_mode": baseline_detect_mode, "direct_repeats": repeats,
+                   "detect.batch_size": settings.detect.batch_size,
                    "validate.face_landmark_tolerance": settings.validate.face_landmark_tolerance,
                    "detect.max_side": settings.detect.max_side, "embed.batch_size": settings.embed.batch_size},
         "baseline": "faces run (components/pipeline/run.py): the one-process job on the same photos",
@@ -379,9 +492,21 @@ def table(summary: dict) -> list[dict]:
     """The README rows: one per kind of photo and path."""
     rows = []
     for kind, entry in summary["results"].items():
-        for path in ("workflow_direct", "dag", "dag_cold", "baseline_faces_run"):
-            if path in entry:
-                rows.append({"photos": kind, "path": path, "n": entry[path]["photos"],
-                             "photos_per_hour": entry[path]["photos_per_hour"], "goal": entry["goal_photos_per_hour"],
-                             "steps_s": entry[path].get("steps_s") or entry[path].get("step_seconds")})
+        carried = entry.get("dag_from_earlier_run") or {}
+        for path in ("workflow_direct_baseline_detect", "workflow_direct", "dag", "dag_cold", "baseline_faces_run"):
+            source, earlier = (entry, False) if path in entry else (carried, True)
+            if path not in source:
+                continue
+            row = {"photos": kind, "path": path, "n": source[path]["photos"],
+                   "photos_per_hour": source[path]["photos_per_hour"], "goal": entry["goal_photos_per_hour"],
+                   "steps_s": source[path].get("steps_s") or source[path].get("step_seconds")}
+            if "detect_mode" in source[path]:
+                row["detect_mode"] = source[path]["detect_mode"]
+            if earlier:
+                row["from_earlier_run"] = carried.get("date")
+            rows.append(row)
+        if "detector_speedup" in entry:
+            speedup = entry["detector_speedup"]
+            rows.append({"photos": kind, "path": "detector_speedup", "ratio": speedup["ratio"],
+                         "goal_ratio": speedup["goal_ratio"], "goal_met": speedup["goal_met"]})
     return rows
