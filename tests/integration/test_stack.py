@@ -421,7 +421,8 @@ def test_face_retrain_from_the_store_with_the_trigger_forms_defaults(stack):
     # Clean photos of a dozen people: the champion already separates them (held-out accuracy near 1),
     # so the challenger cannot win significantly and must lose; the champion stays and says why.
     assert runs[0].data.tags["decision"] == "keep", metrics
-    assert metrics["champion_accuracy"] > 0.98
+    assert metrics["champion_future_accuracy"] >= 0.97, metrics  # 0.982-0.987 in runs of this module
+    assert metrics["evidence_pairs_won"] < 5 and metrics["evidence_p_value"] > 0.05, metrics
     champion = int(client.get_model_version_by_alias("face-embedder", "champion").version)
     assert champion != int(challenger.version) and challenger.tags["decision"] == "keep"
     assert "champion kept" in challenger.tags["decision_reason"]
