@@ -17,19 +17,29 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     return float(candidates[int(np.argmax(accuracies))])
 
 
+def ten_fold_decisions(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Which pairs the protocol decides right (each fold by the threshold fit on the other nine),
+    and the threshold of each fold (in the order of ``np.unique(folds)``)."""
+    scores, same, folds = np.asarray(scores, float), np.asarray(same, bool), np.asarray(folds)
+    right = np.zeros(len(scores), bool)
+    thresholds = []
+    for fold in np.unique(folds):
+        train, test = folds != fold, folds == fold
+        threshold = best_threshold(scores[train], same[train])
+        thresholds.append(threshold)
+        right[test] = (scores[test] >= threshold) == same[test]
+    return right, thresholds
+
+
 def ten_fold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
     """LFW's protocol: for each fold, fit the threshold on the other nine, test on it.
 
     Returns:
         accuracy mean and std over folds, per-fold accuracies and thresholds.
     """
-    scores, same, folds = np.asarray(scores, float), np.asarray(same, bool), np.asarray(folds)
-    accuracies, thresholds = [], []
-    for fold in np.unique(folds):
-        train, test = folds != fold, folds == fold
-        threshold = best_threshold(scores[train], same[train])
-        thresholds.append(threshold)
-        accuracies.append(float(np.mean((scores[test] >= threshold) == same[test])))
+    right, thresholds = ten_fold_decisions(scores, same, folds)
+    folds = np.asarray(folds)
+    accuracies = [float(np.mean(right[folds == fold])) for fold in np.unique(folds)]
     return {
         "accuracy_mean": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)),

@@ -159,14 +159,9 @@ def decided_right(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> np
 
     The very decisions the 10-fold accuracy counts, so a paired test on them agrees with it.
     """
-    from components.report.verification import best_threshold
+    from components.report.verification import ten_fold_decisions
 
-    scores, same, folds = np.asarray(scores, float), np.asarray(same, bool), np.asarray(folds)
-    right = np.zeros(len(scores), bool)
-    for fold in np.unique(folds):
-        test = folds == fold
-        right[test] = (scores[test] >= best_threshold(scores[~test], same[~test])) == same[test]
-    return right
+    return ten_fold_decisions(scores, same, folds)[0]
 
 
 def evaluate_split(embeddings: np.ndarray, split: EvidenceSplit) -> dict:
