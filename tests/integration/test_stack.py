@@ -354,6 +354,22 @@ def upload_batch(stack: Stack, prefix: str, people: dict[str, int] = PEOPLE) -> 
     return count
 
 
+def ingest_and_recluster(stack: Stack, batch: str, photos: int, ingest_timeout_s: float) -> None:
+    """``incoming/<batch>`` ingested in one shard with its folder names, then a forced re-clustering."""
+    trigger(stack, "face_ingest", f"ingest-{batch}", {"batch": f"s3://{stack.config.bucket}/incoming/{batch}",
+                                                      "batch_id": batch, "shard_size": photos, "folder_labels": True})
+    wait_for_run(stack, "face_ingest", f"ingest-{batch}", timeout_s=ingest_timeout_s)
+    trigger(stack, "face_recluster", f"recluster-{batch}", {"force": True})
+    wait_for_run(stack, "face_recluster", f"recluster-{batch}", timeout_s=300)
+
+
+def version_thresholds(client, version: int) -> dict[str, float]:
+    """The thresholds a registered version carries (tags ``faces.threshold.*``)."""
+    return {key.removeprefix("faces.threshold."): float(value) for key, value in
+            client.get_model_version("face-embedder", str(version)).tags.items()
+            if key.startswith("faces.threshold.")}
+
+
 def test_face_ingest_triggered_through_the_rest_api(stack):
     """Six LFW photos uploaded to the stack's S3, ingested by the running scheduler's workers."""
     photos = upload_batch(stack, "incoming/lfw-six")
@@ -386,12 +402,7 @@ def test_face_retrain_from_the_store_with_the_trigger_forms_defaults(stack):
     model that differs from the champion, the comparison and decision are in the MLflow server, and on
     clean photos the challenger loses."""
     photos = upload_batch(stack, "incoming/retrain-people", RETRAIN_PEOPLE)
-    trigger(stack, "face_ingest", "ingest-retrain-people", {"batch": f"s3://{stack.config.bucket}/incoming/retrain-people",
-                                                            "batch_id": "retrain-people", "shard_size": photos,
-                                                            "folder_labels": True})
-    wait_for_run(stack, "face_ingest", "ingest-retrain-people", timeout_s=400)
-    trigger(stack, "face_recluster", "recluster-retrain-people", {"force": True})
-    wait_for_run(stack, "face_recluster", "recluster-retrain-people", timeout_s=300)
+    ingest_and_recluster(stack, "retrain-people", photos, ingest_timeout_s=400)
 
     client = stack.mlflow()
     before = {int(v.version) for v in client.search_model_versions("name = 'face-embedder'")}
@@ -484,12 +495,7 @@ def test_a_cycle_on_a_poor_camera_wins_and_reaches_serving(stack):
     champion_before = int(client.get_model_version_by_alias("face-embedder", "champion").version)
 
     photos = upload_degraded(stack, "incoming/poor-camera")
-    trigger(stack, "face_ingest", "ingest-poor-camera", {"batch": f"s3://{stack.config.bucket}/incoming/poor-camera",
-                                                         "batch_id": "poor-camera", "shard_size": photos,
-                                                         "folder_labels": True})
-    wait_for_run(stack, "face_ingest", "ingest-poor-camera", timeout_s=900)
-    trigger(stack, "face_recluster", "recluster-poor-camera", {"force": True})
-    wait_for_run(stack, "face_recluster", "recluster-poor-camera", timeout_s=300)
+    ingest_and_recluster(stack, "poor-camera", photos, ingest_timeout_s=900)
 
     deadline = time.monotonic() + 900  # new identities -> asset faces://identities -> face_retrain
     while True:
@@ -515,9 +521,7 @@ def test_a_cycle_on_a_poor_camera_wins_and_reaches_serving(stack):
     challenger = int(tags["challenger_version"])
     assert challenger != champion_before and int(tags["champion_version"]) == champion_before
     assert int(client.get_model_version_by_alias("face-embedder", "champion").version) == challenger
-    thresholds = {key.removeprefix("faces.threshold."): float(value) for key, value in
-                  client.get_model_version("face-embedder", str(challenger)).tags.items()
-                  if key.startswith("faces.threshold.")}
+    thresholds = version_thresholds(client, challenger)
 
     # The promotion updated faces://champion: face_reembed runs by itself, then serving follows.
     deadline = time.monotonic() + 600
@@ -555,9 +559,7 @@ def test_a_rollback_reaches_serving_through_face_reembed(stack):
     champion = int(client.get_model_version_by_alias("face-embedder", "champion").version)
     previous = int(client.get_model_version("face-embedder", str(champion)).tags["base_version"])
     assert previous != champion
-    thresholds = {key.removeprefix("faces.threshold."): float(value) for key, value in
-                  client.get_model_version("face-embedder", str(previous)).tags.items()
-                  if key.startswith("faces.threshold.")}
+    thresholds = version_thresholds(client, previous)
     assert set(thresholds) == {"verify", "cluster", "assign"}, "the version was registered without its thresholds"
     env = {**stack.env, **stack.client, "MLFLOW_TRACKING_URI": stack.url("mlflow")}
     done = subprocess.run([sys.executable, "-m", "components.cli", "models", "promote", str(previous),
