@@ -81,6 +81,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 EMBEDDING_DTYPE = np.float32
@@ -890,13 +891,25 @@ class IdentityStore:
             # SQLite ignores ON DELETE CASCADE unless asked, per connection; secure_delete overwrites
             # deleted rows with zeros, so a deleted person's embeddings do not linger in free pages.
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        with self.engine.begin() as connection:
-            if self.engine.dialect.name == "postgresql":
-                # Workers opening a fresh (or upgraded) store at once would race to create the same
-                # tables; one creates them, the others wait and find them there.
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-            Base.metadata.create_all(connection)
+        self._create_schema()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _create_schema(self, attempts: int = 10) -> None:
+        """Create the tables a fresh (or upgraded) store lacks, also when other processes open it at once."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as connection:
+                    if self.engine.dialect.name == "postgresql":
+                        # One worker creates the tables; the others wait on the lock and find them there.
+                        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                    Base.metadata.create_all(connection)
+                return
+            except OperationalError as error:
+                # SQLite's driver runs DDL outside a transaction, so another process can create a table
+                # between create_all's check and its CREATE; the next pass finds that table there. (An
+                # exclusive lock instead would make every reader opening the store wait for writers.)
+                if "already exists" not in str(error.orig) or attempt == attempts - 1:
+                    raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -140,11 +140,14 @@ def test_four_batches_and_a_reclustering_at_once_keep_every_face_in_exactly_one_
             store.engine.dispose()
 
 
-def test_workers_opening_a_fresh_store_at_once_all_find_its_tables(postgres_url):
-    """Four tasks opening a new PostgreSQL store at the same moment: one creates the tables, none fails."""
+def test_workers_opening_a_fresh_store_at_once_all_find_its_tables(store_url):
+    """Six tasks opening a new store at the same moment: the tables get created, none of them fails.
+
+    On SQLite this is also a test polling the store file that a fresh `faces run` is creating.
+    """
     stores: list[IdentityStore] = []
     try:
-        errors = run_at_once([lambda: stores.append(IdentityStore(postgres_url)) for _ in range(6)])
+        errors = run_at_once([lambda: stores.append(IdentityStore(store_url)) for _ in range(6)])
         assert errors == [], [repr(error) for error in errors]
         assert len(stores) == 6 and stores[0].counts()["images"] == 0
     finally:
