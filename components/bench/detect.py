@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components.bench import save_result
+from components.bench import save_result, with_detect_mode
 from components.settings import PROJECT_ROOT, Settings
 
 LFW = PROJECT_ROOT / "data" / "lfw"
@@ -297,7 +297,7 @@ def detectors(settings: Settings) -> tuple[dict[str, Callable[[list[np.ndarray]]
     from components.detect import FaceDetector
     from components.detect.detector import rows_to_boxes
 
-    current = FaceDetector(replace(settings.detect, mode="package"))
+    current = FaceDetector(with_detect_mode(settings, "package").detect)
     package = current.mtcnn  # the same networks for the three; called image by image, with the package's defaults
     fast = FaceDetector(replace(settings.detect, mode="fast"), networks=package)
 

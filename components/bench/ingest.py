@@ -60,13 +60,12 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from components.bench import save_result
+from components.bench import save_result, with_detect_mode
 from components.settings import PROJECT_ROOT, Settings
 
 CACHE = PROJECT_ROOT / "bench" / "cache" / "ingest"
@@ -103,11 +102,6 @@ def _commit() -> str | None:
         return None
     # Other edits in the working tree are named: the figures are of the files as they were, not of the commit alone.
     return done.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "") if done.returncode == 0 else None
-
-
-def with_detect_mode(settings: Settings, mode: str) -> Settings:
-    """The same settings with another detector: nothing else may differ between the two measurements."""
-    return replace(settings, detect=replace(settings.detect, mode=mode))
 
 
 def detector_comparison(baseline_walls: list[float], walls: list[float], photos: int, goal: float, *,

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.bench import save_result
+from components.bench import save_result, with_detect_mode
 from components.settings import PROJECT_ROOT, Settings
 
 LFW = PROJECT_ROOT / "data" / "lfw"
@@ -250,8 +250,7 @@ def run_benchmark(settings: Settings, out: Path, levels=(1, 8, 32), duration_s: 
     baseline_detect_mode = baseline_detect_mode if baseline_detect_mode not in (None, mode) else None
     variants = {mode: settings}
     if baseline_detect_mode:
-        variants[baseline_detect_mode] = dataclasses.replace(
-            settings, detect=dataclasses.replace(settings.detect, mode=baseline_detect_mode))
+        variants[baseline_detect_mode] = with_detect_mode(settings, baseline_detect_mode)
     pairs = lfw_pairs(pairs_count)
     people = store_people()
     queries = [lfw_photo(person, number) for person in people for number in (STORE_PHOTOS + 1, STORE_PHOTOS + 2)]

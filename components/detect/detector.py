@@ -25,6 +25,8 @@ from components.detect.align import CROP_SIZE, align_face
 from components.detect.quality import blur_score, quality_failures
 from components.settings import DetectParams
 
+PACKAGE_MIN_FACE_LIMIT = 20  # px; the largest min_face_size the mtcnn package's pyramid is right for
+
 
 @dataclass
 class Face:
@@ -164,7 +166,10 @@ class FaceDetector:
     def _locate_package(self, images: Sequence[np.ndarray]) -> list[list[tuple[tuple[float, ...], np.ndarray, float]]]:
         """The ``package`` mode: the ``mtcnn`` package on same-sized batches of photos downscaled to ``max_side``."""
         p = self.params
-        kwargs = {"min_face_size": p.min_face_size, "scale_factor": p.scale_factor, "threshold_pnet": p.stage_thresholds[0],
+        # mtcnn 1.0 counts its pyramid's levels as for 20-px faces whatever min_face_size says: a
+        # larger one sends levels under P-Net's 12-px window (a crash, or no face found). So this
+        # mode looks for faces down to 20 px at most, as it did before min_face_size became 32.
+        kwargs = {"min_face_size": min(p.min_face_size, PACKAGE_MIN_FACE_LIMIT), "scale_factor": p.scale_factor, "threshold_pnet": p.stage_thresholds[0],
                   "threshold_rnet": p.stage_thresholds[1], "threshold_onet": p.stage_thresholds[2]}
         prepared = [downscale(image, self.params.max_side) for image in images]
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)

@@ -11,6 +11,7 @@ from components.images.load import (
     load_image,
     load_image_bytes,
     sniff_non_photo,
+    write_jpegs,
 )
 
 __version__ = "1.0.0"
@@ -27,4 +28,5 @@ __all__ = [
     "load_image",
     "load_image_bytes",
     "sniff_non_photo",
+    "write_jpegs",
 ]

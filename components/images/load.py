@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -462,3 +462,26 @@ def encode_jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(pixels)).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+JPEG_WRITERS = 8  # threads: Pillow's encoder and S3 round trips release the GIL, so they overlap
+
+
+def write_jpegs(storage, items: Sequence[tuple[str, np.ndarray]], *, workers: int = JPEG_WRITERS) -> None:
+    """Encode RGB arrays as JPEG and write them under their keys, concurrently.
+
+    Args:
+        storage: a :class:`components.storage.Storage` (local or S3); one client shared by
+            every thread. ``put_bytes`` writes each object whole (temporary name, then rename).
+        items: ``(key, pixels)`` per image.
+        workers: threads.
+
+    Raises:
+        The first failed write's error, once every write has ended.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
+        list(pool.map(lambda item: storage.put_bytes(item[0], encode_jpeg(item[1])), items))

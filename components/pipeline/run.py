@@ -31,10 +31,10 @@ from components import engine as engine_step
 from components import report as report_step
 from components.engine import FaceEngine, champion_model, model_for_store
 from components.engine.reembed import reembed
-from components.identities import IdentityStore, NewFace
+from components.identities import IdentityStore, NewFace, NewPhoto
 from components.identities.store import identity_labels
 from components.identities.lifecycle import Clock, policy_for_store, update_identities, utc_now
-from components.images import BadImageError, encode_jpeg, file_sha256, iter_image_files, load_image
+from components.images import BadImageError, file_sha256, iter_image_files, load_image, write_jpegs
 from components.storage import LocalStorage
 from components.report.metrics import clustering_summary
 from components.settings import Settings
@@ -160,12 +160,12 @@ class Ingestor:
         log.seconds["embed"] += time.perf_counter() - started
 
         started = time.perf_counter()
+        photos, crops = [], []
         for (photo, sha, image), found in zip(loaded, detections):
-            faces, main = found.faces, found.main
             records = []
-            for index, face in enumerate(faces):
+            for index, face in enumerate(found.faces):
                 crop_key = f"crops/{sha[:2]}/{sha}_{index}.jpg"
-                self.crops.put_bytes(crop_key, encode_jpeg(face.crop))  # atomic: no half-written crop is seen
+                crops.append((crop_key, face.crop))
                 records.append(
                     NewFace(
                         face_index=index,
@@ -177,18 +177,28 @@ class Ingestor:
                         embedding=face.embedding,
                         model_version=face.model_version,
                         crop_path=crop_key,
-                        label=photo.label if index == main else None,
+                        label=photo.label if index == found.main else None,
                         rotation=face.rotation,
                     )
                 )
-                log.face_failures.update(face.failures)
-            self.store.add_image(sha, str(photo.path), (image.shape[1], image.shape[0]), records, detect_step.__version__, photo.label)
+            photos.append(NewPhoto(sha, str(photo.path), (image.shape[1], image.shape[0]), records,
+                                   detect_step.__version__, photo.label))
+        # Crops first (concurrently, each whole), then the batch's rows in one transaction: a
+        # run killed in between leaves crops that the re-run writes again, and no row.
+        write_jpegs(self.crops, crops)
+        written = set(self.store.add_photos(photos)["stored"])
+        for (photo, sha, _), found in zip(loaded, detections):
+            if sha not in written:  # stored by a concurrent run meanwhile
+                log.already_stored += 1
+                continue
             log.new += 1
-            log.faces += len(faces)
-            log.usable_faces += sum(face.passed for face in faces)
-            if not faces:
+            log.faces += len(found.faces)
+            log.usable_faces += sum(face.passed for face in found.faces)
+            for face in found.faces:
+                log.face_failures.update(face.failures)
+            if not found.faces:
                 log.without_faces.append(str(photo.path))
-            bar.update()
+        bar.update(len(loaded))
         log.seconds["store"] += time.perf_counter() - started
 
 

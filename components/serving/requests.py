@@ -27,7 +27,7 @@ IMAGE_CONTENT_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/bmp", "image/x-ms-bmp",
      "image/tiff", "image/webp"}
 )
-MIN_SIDE = 20  # px; smaller photos cannot hold a face MTCNN finds (min_face_size is 20)
+MIN_SIDE = 20  # px; refused as too small to hold a face MTCNN finds at any min_face_size (12 px or more)
 
 
 class ConfigurationError(RuntimeError):

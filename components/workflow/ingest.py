@@ -41,6 +41,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from components.images.load import JPEG_WRITERS
 from components.workflow import BatchRejected, WorkflowError
 from components.workflow import workspace as ws
 
@@ -50,9 +51,6 @@ EXPERIMENT = "face_ingest"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                   ".ppm", ".pgm", ".pbm", ".tga", ".heic", ".avif")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# Threads writing one shard's crops: JPEG encoding releases the GIL and S3 puts wait on the
-# network, so a few threads overlap them even on 2 cores.
-CROP_WRITERS = 8
 
 
 # -- shared per process: models and the store load once, whichever step asks first ------------
@@ -224,7 +222,7 @@ def validate_images(manifest_uri: str, *, settings=None) -> list[str]:
     started = time.perf_counter()
     storage = ws.open_storage(manifest["source"])
     table = validate.image_table(manifest["keys"], storage=storage, max_pixels=settings.detect.max_pixels)
-    report = validate.validate_images(table, batch_id=batch_id)
+    report = validate.validate_images(table, settings.validate, batch_id=batch_id)
     result = {**report.to_dict(), "images": len(table), "seconds": {"validate": time.perf_counter() - started}}
     ws.write_json(workspace.batch(batch_id, "validation", "images.json"), result)
     if not report.success:
@@ -323,7 +321,8 @@ def validate_faces(detections_uri: str, *, settings=None) -> str:
     started = time.perf_counter()
     table = validate.face_table_from_arrays(arrays, [photo["key"] for photo in meta["photos"]],
                                             landmark_tolerance=settings.validate.face_landmark_tolerance)
-    report = validate.validate_faces(table, gates=settings.detect, batch_id=f"{meta['batch_id']}-{meta['shard']:05d}")
+    report = validate.validate_faces(table, settings.validate, gates=settings.detect,
+                                     batch_id=f"{meta['batch_id']}-{meta['shard']:05d}")
     result = {**report.to_dict(), "faces": int(len(arrays["boxes"])), "seconds": {"validate": time.perf_counter() - started}}
     ws.write_json(workspace.batch(meta["batch_id"], "validation", f"faces-{meta['shard']:05d}.json"), result)
     if not report.success:
@@ -357,7 +356,8 @@ def embed(detections_uri: str, *, settings=None) -> str:
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     ids = [f"{meta['photos'][int(arrays['photo'][row])]['sha256']}_{int(arrays['face_index'][row])}" for row in rows]
-    report = validate.validate_embeddings(vectors, ids, batch_id=f"{meta['batch_id']}-{meta['shard']:05d}") if len(rows) else None
+    report = (validate.validate_embeddings(vectors, ids, settings.validate, batch_id=f"{meta['batch_id']}-{meta['shard']:05d}")
+              if len(rows) else None)
     validate_seconds = time.perf_counter() - started
     if report is not None and not report.success:
         _reject(meta["batch_id"], "embeddings", report, meta["source"])
@@ -372,7 +372,7 @@ def embed(detections_uri: str, *, settings=None) -> str:
 # -- 6. assign ------------------------------------------------------------------------------
 
 
-def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model, *, crop_writers: int = CROP_WRITERS) -> dict:
+def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model, *, crop_writers: int = JPEG_WRITERS) -> dict:
     """Store one shard's photos, faces (with embeddings) and crops: one transaction for the whole shard.
 
     The crops are written first, concurrently (``crop_writers`` threads: JPEG encoding
@@ -447,7 +447,7 @@ def store_shard(embeddings_uri: str, store, workspace: ws.Workspace, model, *, c
 
 
 def write_crops(workspace: ws.Workspace, crops: list[tuple[str, int, int]], pixels: np.ndarray, *,
-                workers: int = CROP_WRITERS) -> None:
+                workers: int = JPEG_WRITERS) -> None:
     """Encode and write aligned crops concurrently; every object is written whole (temporary name, then rename).
 
     Args:
@@ -456,20 +456,12 @@ def write_crops(workspace: ws.Workspace, crops: list[tuple[str, int, int]], pixe
         pixels: the shard's crops, (N, 150, 150, 3) uint8.
         workers: threads; one storage client is shared by all of them.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from components.images import encode_jpeg
+    from components.images import write_jpegs
 
     if not crops:
         return
-    storage = ws.open_storage(workspace.crops_root())
-
-    def write(item: tuple[str, int, int]) -> None:
-        sha256, face_index, row = item
-        storage.put_bytes(workspace.crop_key(sha256, face_index), encode_jpeg(pixels[row]))
-
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(crops)))) as pool:
-        list(pool.map(write, crops))  # list(): the first failed write raises here
+    write_jpegs(ws.open_storage(workspace.crops_root()),
+                [(workspace.crop_key(sha256, face_index), pixels[row]) for sha256, face_index, row in crops], workers=workers)
 
 
 def store_shards(embedding_uris: list[str], store, workspace: ws.Workspace, model, model_of_store) -> list[dict]:

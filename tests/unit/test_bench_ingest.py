@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.bench.ingest import carried_dag, detector_comparison, load_1min, table, with_detect_mode
+from components.bench import with_detect_mode
+from components.bench.ingest import carried_dag, detector_comparison, load_1min, table
 from components.settings import load_settings
 
 
@@ -21,10 +22,13 @@ def test_each_detector_counts_at_its_best_round():
 
 
 def test_only_the_detector_changes():
+    """The baseline is the detector before as it ran (20-px faces looked for), all else the same."""
     settings = load_settings()  # params.yaml: detect.mode fast, the engine's detector
     before = with_detect_mode(settings, "package")
     assert before.detect.mode == "package" and settings.detect.mode == "fast"
+    assert before.detect.min_face_size == 20 and settings.detect.min_face_size == 32
     assert before.detect.max_side == settings.detect.max_side and before.embed == settings.embed
+    assert with_detect_mode(settings, "fast") == settings
 
 
 def test_load_average_is_read_from_uptime():
