@@ -157,6 +157,25 @@ def cmd_bench_ingest(args, settings) -> int:
     return 0
 
 
+def cmd_bench_ingest_stack(args, settings) -> int:
+    from components.bench.ingest_stack import run_benchmark
+
+    extra = dict(item.split("=", 1) for item in args.stack_env)
+    result = run_benchmark(Path(args.out), lfw_photos=args.lfw_photos, warmup_photos=args.warmup_photos,
+                           shard_size=args.shard_size, stack_dir=Path(args.stack_dir) if args.stack_dir else None,
+                           stack_env=extra, timeout_s=args.timeout_s,
+                           command="faces bench ingest-stack " + " ".join(sys.argv[3:]))
+    entry = result["results"]["lfw"]
+    print(json.dumps({"direct_photos_per_hour": entry["workflow_direct"]["photos_per_hour"],
+                      "airflow_photos_per_hour": entry["airflow"]["photos_per_hour"],
+                      "airflow_throughput_over_direct": entry["airflow_throughput_over_direct"],
+                      "task_instances": entry["airflow"]["task_instances"],
+                      "outside_components_per_task_s": entry["airflow"]["outside_components_per_task_s"],
+                      "load_1min": entry["load_1min"]}, indent=2))
+    print(f"written: {args.out}")
+    return 0
+
+
 def cmd_bench_detect(args, settings) -> int:
     from components.bench.detect import run_benchmark
 
@@ -292,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct-repeats", type=int, default=1,
                    help="rounds of the direct steps per detector, taking turns (the best round counts)")
     p.set_defaults(func=cmd_bench_ingest)
+    p = bench_sub.add_parser("ingest-stack", help="face_ingest through the real Airflow of `make up` (REST trigger, "
+                                                  "scheduler, LocalExecutor) beside the direct path, same photos and S3")
+    p.add_argument("--out", default="bench/results/ingest_stack.json")
+    p.add_argument("--lfw-photos", type=int, default=1000, help="LFW photos in the measured batch")
+    p.add_argument("--warmup-photos", type=int, default=8, help="LFW photos in the warm-up batch (run first, timed apart)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="trigger parameter shard_size (default: left out, as the trigger form: workflow.shard_size)")
+    p.add_argument("--stack-dir", help="use the stack already running from this run dir (its STACK_* ports from the "
+                                       "environment) instead of starting one on free ports")
+    p.add_argument("--stack-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for a stack this command starts (e.g. AIRFLOW__SCHEDULER__... settings)")
+    p.add_argument("--timeout-s", type=float, default=1800, help="per DAG run")
+    p.set_defaults(func=cmd_bench_ingest_stack)
     p = bench_sub.add_parser("serve", help="the BentoML service under load (1, 8, 32 clients) beside the same work in-process")
     p.add_argument("--out", default="bench/results/serve.json")
     p.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")

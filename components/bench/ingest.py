@@ -244,16 +244,23 @@ def _breakdown(metrics: dict, wall: dict) -> dict:
     return {key: round(value, 3) for key, value in steps.items()}
 
 
-def run_direct(folder: Path, root: Path, settings: Settings, shard_size: int, warmup: Path) -> dict:
-    """The face_ingest steps in this process, after a warm-up batch that loads every model."""
+def run_direct(folder: Path | str, root: Path, settings: Settings, shard_size: int | None, warmup: Path | str, *,
+               env: dict[str, str] | None = None, folder_labels: bool = True) -> dict:
+    """The face_ingest steps in this process, after a warm-up batch that loads every model.
+
+    ``env``: the work area, store and MLflow to use instead of fresh local ones under
+    ``root`` (e.g. the local stack's S3 work area and MLflow server, as its workers have
+    them); ``folder`` and ``warmup`` may then be ``s3://`` batches too.
+    """
     from components.workflow.ingest import run_ingest
 
-    with _environment(**_fresh_env(root)):
+    with _environment(**(env if env is not None else _fresh_env(root))):
         started = time.perf_counter()
         run_ingest(str(warmup), batch_id="warmup", shard_size=shard_size, settings=settings)
         warm_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        metrics = run_ingest(str(folder), batch_id="bench", shard_size=shard_size, folder_labels=True, settings=settings)
+        metrics = run_ingest(str(folder), batch_id="bench", shard_size=shard_size, folder_labels=folder_labels,
+                             settings=settings)
         wall = time.perf_counter() - started
     steps = _breakdown(metrics, metrics["wall_seconds"])
     components = sum(steps.values())

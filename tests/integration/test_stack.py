@@ -29,9 +29,6 @@ import sys
 import threading
 import uuid
 import time
-import urllib.error
-import urllib.request
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -55,110 +52,16 @@ SERVICES = ("s3", "mlflow", "serving", "airflow-api-server", "airflow-scheduler"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-sys.path.insert(0, str(STACK.parent))
-import stack as stack_module  # noqa: E402  (deploy/local is not a package)
+from components.bench.local_stack import (  # noqa: E402  (shared with `faces bench ingest-stack`)
+    Stack, http, run_stack, stack_environment, stack_module as _stack_module)
 
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all held open together so none repeats)."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
-def http(method: str, url: str, body: dict | None = None, token: str | None = None,
-         timeout: float = 30) -> tuple[int, dict | str]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read().decode()
-            status = response.status
-    except urllib.error.HTTPError as error:
-        raw, status = error.read().decode(errors="replace"), error.code
-    try:
-        return status, json.loads(raw)
-    except json.JSONDecodeError:
-        return status, raw
-
-
-def run_stack(command: str, env: dict[str, str], timeout: float = 420) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(STACK), command], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-class Stack:
-    """A running stack: its environment, configuration and the keys it generated."""
-
-    def __init__(self, env: dict[str, str]):
-        self.env = env
-        self.config = stack_module.StackConfig.from_env(env)
-        self.client = dict(line.removeprefix("export ").split("=", 1) for line in
-                           self.config.env_file.read_text().splitlines() if line.startswith("export "))
-
-    def url(self, name: str) -> str:
-        return self.config.url(name)
-
-    def airflow_token(self) -> str:
-        password = json.loads(self.config.password_file.read_text())["admin"]
-        status, body = http("POST", f"{self.url('airflow')}/auth/token", {"username": "admin", "password": password})
-        assert status in (200, 201), body
-        return body["access_token"]
-
-    def minio(self):
-        from minio import Minio
-
-        return Minio(f"127.0.0.1:{self.config.ports['s3']}", access_key=self.client["AWS_ACCESS_KEY_ID"],
-                     secret_key=self.client["AWS_SECRET_ACCESS_KEY"], secure=False)
-
-    def mlflow(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.url("mlflow"), registry_uri=self.url("mlflow"))
+stack_module = _stack_module()  # deploy/local/stack.py (deploy/local is not a package)
 
 
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory) -> dict[str, str]:
     """Environment for the stack script: a temporary run dir and free ports for everything."""
-    run_dir = tmp_path_factory.mktemp("stack")
-    ports = free_ports(len(stack_module.PORTS))
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("STACK_", "FACES_", "MLFLOW_", "AIRFLOW", "AWS_", "S3_"))}
-    env.update({variable: str(port) for (variable, _), port in zip(stack_module.PORTS.values(), ports)})
-    env["STACK_DIR"] = str(run_dir)
-    env["STACK_HEALTH_TIMEOUT"] = "240"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["FACES_PARAMS"] = str(write_params(run_dir / "params.yaml", work_dir=run_dir / "local"))
-    return env
-
-
-def write_params(path: Path, work_dir: Path) -> Path:
-    """The project's parameters with every path absolute and local scratch (retrain checkpoints) in ``work_dir``.
-
-    Relative paths in a parameters file resolve against its folder, so a copy elsewhere
-    spells them out; nothing the stack's DAG tasks write lands in the repository.
-    """
-    import dataclasses
-
-    import yaml
-
-    from components.settings import load_settings
-
-    settings = load_settings(REPO / "params.yaml")
-    sections = {f.name: {key: str(value) if isinstance(value, Path) else value
-                         for key, value in dataclasses.asdict(getattr(settings, f.name)).items()}
-                for f in dataclasses.fields(settings)}
-    sections["workflow"]["work_dir"] = str(work_dir)
-    sections["validate"]["docs_dir"] = str(work_dir / "validation")
-    sections["run"]["out_dir"] = str(work_dir / "demo")
-    path.write_text(yaml.safe_dump(sections, sort_keys=False))
-    return path
+    return stack_environment(tmp_path_factory.mktemp("stack"))
 
 
 class MemorySampler(threading.Thread):
@@ -302,41 +205,15 @@ def test_port_taken_is_a_clear_error(stack, tmp_path):
 
 def trigger(stack: Stack, dag_id: str, run_id: str, conf: dict) -> None:
     """Unpause the DAG and POST a DAG run, as the UI's Trigger button does."""
-    token = stack.airflow_token()
-    base = f"{stack.url('airflow')}/api/v2/dags/{dag_id}"
-    deadline = time.monotonic() + 90
-    while True:  # the dag-processor parses dags/ shortly after start
-        status, body = http("GET", base, token=token)
-        if status == 200:
-            break
-        assert time.monotonic() < deadline, f"{dag_id} never appeared: {status} {body}"
-        time.sleep(2)
-    status, body = http("PATCH", base, {"is_paused": False}, token=token)
-    assert status == 200, body
-    status, body = http("POST", f"{base}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf},
-                        token=token)
-    assert status == 200, body
+    stack.trigger(dag_id, run_id, conf)
 
 
 def wait_for_run(stack: Stack, dag_id: str, run_id: str, timeout_s: float) -> dict:
     """Poll the DAG run until it ends; on failure, show its task states and the failed tasks' log ends."""
-    token = stack.airflow_token()
-    url = f"{stack.url('airflow')}/api/v2/dags/{dag_id}/dagRuns/{run_id}"
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        status, body = http("GET", url, token=token)
-        assert status == 200, body
-        state = body["state"]
-        if state in ("success", "failed"):
-            break
-        time.sleep(3)
-    _, tasks = http("GET", f"{url}/taskInstances", token=token)
-    summary = {(t["task_id"], t.get("map_index")): t["state"] for t in tasks.get("task_instances", [])}
+    state = stack.wait_for_run(dag_id, run_id, timeout_s, poll_s=3)["state"]
+    summary = {(t["task_id"], t.get("map_index")): t["state"] for t in stack.task_instances(dag_id, run_id)}
     if state != "success":
-        logs = stack.config.airflow_home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
-        tails = {str(p.relative_to(logs)): p.read_text(errors="replace")[-3000:] for p in sorted(logs.rglob("*.log"))
-                 if any(s == "failed" or s == "up_for_retry" for (t, _), s in summary.items() if f"task_id={t}" in str(p))}
+        tails = stack.failed_task_logs(dag_id, run_id, summary)
         pytest.fail(f"{dag_id} run {run_id} ended {state!r}: {summary}\n" + "\n".join(f"--- {k}\n{v}" for k, v in tails.items()))
     return summary
 
