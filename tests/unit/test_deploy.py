@@ -160,6 +160,8 @@ def test_stack_defaults_keep_every_port_explicit(tmp_path):
     assert airflow["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:///")
     assert int(airflow["AIRFLOW__CORE__PARALLELISM"]) <= 4
+    # The task supervisor notices its finished task within a second, not five (an executor slot held 5 s longer).
+    assert airflow["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] == "1"
 
 
 def test_a_recycled_pid_is_never_taken_for_a_service(tmp_path):
