@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/results/ingest.json")
     p.add_argument("--lfw-photos", type=int, default=256, help="LFW photos (250x250) in the batch")
     p.add_argument("--fullhd-photos", type=int, default=32, help="composed 1920x1080 photos in the batch")
-    p.add_argument("--shard-size", type=int, default=64, help="photos per detect/embed task")
+    p.add_argument("--shard-size", type=int, default=None, help="photos per detect/embed task (default: workflow.shard_size)")
     p.add_argument("--no-dag", action="store_true",
                    help="skip the `airflow dags test` paths (the replaced result's DAG figures are kept, labelled as its)")
     p.add_argument("--no-baseline", action="store_true", help="skip the `faces run` baseline")

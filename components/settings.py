@@ -160,7 +160,7 @@ class WorkflowParams:
     """
 
     work_dir: Path = Path("runs/workflow")
-    shard_size: int = 64
+    shard_size: int = 256
     tsne_max_faces: int = 2000
 
 

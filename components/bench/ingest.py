@@ -373,11 +373,14 @@ def hardware_estimate(result: dict) -> dict:
 
 
 def run_benchmark(settings: Settings, out: Path, *, lfw_photos: int = 256, fullhd_photos: int = 32,
-                  shard_size: int = 64, dag: bool = True, baseline: bool = True, dag_timeout_s: float = 1800,
+                  shard_size: int | None = None, dag: bool = True, baseline: bool = True, dag_timeout_s: float = 1800,
                   baseline_detect_mode: str | None = "package", direct_repeats: int = 1,
                   command: str = "faces bench ingest") -> dict:
-    """Measure every path for both kinds of photo and write the JSON to ``out``."""
+    """Measure every path for both kinds of photo and write the JSON to ``out``; ``shard_size``
+    defaults to ``workflow.shard_size``, what a run triggered with the form's defaults uses."""
     from components.workflow import __version__ as workflow_version
+
+    shard_size = shard_size or settings.workflow.shard_size
 
     try:
         previous = json.loads(Path(out).read_text())
