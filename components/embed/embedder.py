@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.embed import EMBEDDING_DIM, INPUT_SIZE, MODEL_NAME
+from components.embed import INPUT_SIZE, MODEL_NAME
 
 
 def model_digest(model_path: Path) -> str:
@@ -108,7 +108,7 @@ class Embedder:
 
         Returns:
             ``(N, D)`` float32 L2-normalised embeddings (D: the model's width, 128 for
-            the dlib model; 128 for N = 0 before the model is loaded).
+            the dlib model, 1024 for FaceRes; for N = 0 too, so the model loads).
 
         Raises:
             ValueError: If ``crops`` has the wrong shape or dtype.
@@ -121,8 +121,7 @@ class Embedder:
         if crops.dtype != np.uint8:
             raise ValueError(f"crops must be uint8 RGB, got dtype {crops.dtype}")
         if len(crops) == 0:
-            width = EMBEDDING_DIM if self._model is None else int(self._model.output_shape[-1])
-            return np.zeros((0, width), dtype=np.float32)
+            return np.zeros((0, int(self.model.output_shape[-1])), dtype=np.float32)
 
         model = self.model
         # The model's own width: 128 for the dlib model, 1024 for FaceRes (components.embed.faceres).

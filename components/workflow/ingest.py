@@ -338,7 +338,7 @@ def embed(detections_uri: str, *, settings=None) -> str:
 
     Returns:
         URI of ``embeddings/<shard>.npz``: ``rows`` (face rows of the detections file),
-        ``embeddings`` (rows x 128, unit norm) and ``meta`` (model version, seconds).
+        ``embeddings`` (rows x the model's width, unit norm) and ``meta`` (model version, seconds).
 
     Raises:
         BatchRejected: the embeddings failed their suite (the batch is quarantined).
@@ -352,7 +352,7 @@ def embed(detections_uri: str, *, settings=None) -> str:
     rows = np.flatnonzero(np.array([not failures for failures in arrays["failures"]], bool))
     model = model_for(_store(workspace.store_url), settings)
     started = time.perf_counter()
-    vectors = _engine(settings.detect).embed(arrays["crops"][rows], model) if len(rows) else np.zeros((0, 128), np.float32)
+    vectors = _engine(settings.detect).embed(arrays["crops"][rows], model)  # (0, the model's width) for a shard of no face
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     ids = [f"{meta['photos'][int(arrays['photo'][row])]['sha256']}_{int(arrays['face_index'][row])}" for row in rows]
