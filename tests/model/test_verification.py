@@ -165,7 +165,10 @@ def test_verify_finds_the_person_of_b_anywhere_in_a_group_photo(tmp_path):
     assert found["same"] is True and found["faces"][0] >= 3
     match = found["faces_a"][found["match"]]
     assert match["box"][0] > 700 and match["box"][2] < max(face["box"][2] for face in found["faces_a"])
-    assert sorted(face["similarity"] for face in found["faces_a"])[-2] < found["threshold"]  # the others are strangers
+    # The other usable faces are strangers; a face that fails the quality gate (here a part of a
+    # face where two pasted photos meet) is listed without a similarity.
+    similarities = sorted(face["similarity"] for face in found["faces_a"] if face["similarity"] is not None)
+    assert len(similarities) >= 3 and similarities[-2] < found["threshold"]
     assert api.verify(tmp_path / "group.jpg", stranger)["same"] is False
 
     done = subprocess.run([sys.executable, "-m", "components.cli", "verify", str(tmp_path / "group.jpg"), str(person)],
