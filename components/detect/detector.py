@@ -169,8 +169,9 @@ class FaceDetector:
         # mtcnn 1.0 counts its pyramid's levels as for 20-px faces whatever min_face_size says: a
         # larger one sends levels under P-Net's 12-px window (a crash, or no face found). So this
         # mode looks for faces down to 20 px at most, as it did before min_face_size became 32.
-        kwargs = {"min_face_size": min(p.min_face_size, PACKAGE_MIN_FACE_LIMIT), "scale_factor": p.scale_factor, "threshold_pnet": p.stage_thresholds[0],
-                  "threshold_rnet": p.stage_thresholds[1], "threshold_onet": p.stage_thresholds[2]}
+        kwargs = {"min_face_size": min(p.min_face_size, PACKAGE_MIN_FACE_LIMIT), "scale_factor": p.scale_factor,
+                  "threshold_pnet": p.stage_thresholds[0], "threshold_rnet": p.stage_thresholds[1],
+                  "threshold_onet": p.stage_thresholds[2]}
         prepared = [downscale(image, self.params.max_side) for image in images]
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, (small, _) in enumerate(prepared):
