@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,25 @@ def with_detect_mode(settings, mode: str):
     baseline is the code it replaced."""
     detect = replace(settings.detect, **(DETECTOR_BEFORE if mode == DETECTOR_BEFORE["mode"] else {"mode": mode}))
     return replace(settings, detect=detect)
+
+
+def params_document(settings) -> dict:
+    """``settings`` as a params file's sections, every path absolute.
+
+    Relative paths in a params file resolve against its own folder, so a copy outside the
+    project root must spell them out (the loaded settings hold them resolved already).
+    """
+    return {f.name: {key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+                     for key, value in asdict(getattr(settings, f.name)).items()}
+            for f in fields(settings)}
+
+
+def write_params(path: Path, settings) -> Path:
+    """Write :func:`params_document` as YAML: a ``FACES_PARAMS`` file for a service or a stack."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(params_document(settings), sort_keys=False))
+    return path
 
 
 def save_result(out: str | os.PathLike[str], result: Any) -> Path:

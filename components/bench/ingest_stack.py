@@ -38,7 +38,6 @@ import re
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -202,16 +201,13 @@ def airflow_settings(stack: Stack, extra: dict[str, str] | None) -> dict[str, st
 
 
 def _upload(stack: Stack, folder: Path, prefix: str) -> int:
-    client = stack.minio()
-    files = sorted(path for path in folder.rglob("*") if path.is_file() and not path.name.startswith("."))
+    """``faces upload``'s copy of a folder to the stack's S3, with the stack's keys; the number of photos there."""
+    from components.bench.ingest import _environment
+    from components.storage import open_storage, sync_folder
 
-    def put(path: Path) -> None:
-        client.fput_object(stack.config.bucket, f"{prefix}/{path.relative_to(folder).as_posix()}", str(path),
-                           content_type="image/jpeg")
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(put, files))
-    return len(files)
+    with _environment(**stack.client):
+        result = sync_folder(folder, open_storage(f"s3://{stack.config.bucket}"), prefix, progress=False, workers=8)
+    return len(result.uploaded) + len(result.skipped)
 
 
 def _run_dag(stack: Stack, run_id: str, conf: dict, timeout_s: float) -> tuple[dict, float]:

@@ -75,25 +75,17 @@ def http(method: str, url: str, body: dict | None = None, token: str | None = No
         return status, raw
 
 
-def write_params(path: Path, work_dir: Path) -> Path:
-    """The project's parameters with every path absolute and local scratch (retrain checkpoints) in ``work_dir``.
-
-    Relative paths in a parameters file resolve against its folder, so a copy elsewhere
-    spells them out; nothing the stack's DAG tasks write lands in the repository.
-    """
-    import yaml
-
+def stack_params(path: Path, work_dir: Path) -> Path:
+    """The project's parameters with every path absolute and local scratch (retrain checkpoints) in ``work_dir``:
+    nothing the stack's DAG tasks write lands in the repository."""
+    from components.bench import write_params
     from components.settings import load_settings
 
     settings = load_settings(PROJECT_ROOT / "params.yaml")
-    sections = {f.name: {key: str(value) if isinstance(value, Path) else value
-                         for key, value in dataclasses.asdict(getattr(settings, f.name)).items()}
-                for f in dataclasses.fields(settings)}
-    sections["workflow"]["work_dir"] = str(work_dir)
-    sections["validate"]["docs_dir"] = str(work_dir / "validation")
-    sections["run"]["out_dir"] = str(work_dir / "demo")
-    path.write_text(yaml.safe_dump(sections, sort_keys=False))
-    return path
+    return write_params(path, dataclasses.replace(
+        settings, workflow=dataclasses.replace(settings.workflow, work_dir=work_dir),
+        validate=dataclasses.replace(settings.validate, docs_dir=work_dir / "validation"),
+        run=dataclasses.replace(settings.run, out_dir=work_dir / "demo")))
 
 
 def stack_environment(run_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -107,7 +99,7 @@ def stack_environment(run_dir: Path, base: dict[str, str] | None = None) -> dict
     env["STACK_DIR"] = str(run_dir)
     env["STACK_HEALTH_TIMEOUT"] = "240"
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["FACES_PARAMS"] = str(write_params(run_dir / "params.yaml", work_dir=run_dir / "local"))
+    env["FACES_PARAMS"] = str(stack_params(run_dir / "params.yaml", work_dir=run_dir / "local"))
     return env
 
 

@@ -20,7 +20,6 @@ the ratio of their p50s is the detector's doing and not the machine's load of th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.bench import save_result, with_detect_mode
+from components.bench import save_result, with_detect_mode, write_params
 from components.settings import PROJECT_ROOT, Settings
 
 LFW = PROJECT_ROOT / "data" / "lfw"
@@ -90,26 +89,6 @@ def machine() -> dict:
 
 def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
-
-
-def params_document(settings: Settings, **detect) -> dict:
-    """``settings`` as a params file's sections, ``detect`` keys replaced, every path absolute.
-
-    Relative paths in a params file resolve against its own folder, so a copy outside the
-    project root must spell them out (the loaded settings hold them resolved already).
-    """
-    settings = dataclasses.replace(settings, detect=dataclasses.replace(settings.detect, **detect))
-    return {f.name: {key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
-                     for key, value in dataclasses.asdict(getattr(settings, f.name)).items()}
-            for f in dataclasses.fields(settings)}
-
-
-def write_params(path: Path, settings: Settings, **detect) -> Path:
-    """Write :func:`params_document` as YAML (``FACES_PARAMS`` of a service)."""
-    import yaml
-
-    path.write_text(yaml.safe_dump(params_document(settings, **detect), sort_keys=False))
-    return path
 
 
 # -- in-process baseline -----------------------------------------------------------------
@@ -268,7 +247,7 @@ def run_benchmark(settings: Settings, out: Path, levels=(1, 8, 32), duration_s: 
         env["FACES_STORE_URL"] = build_store(work, people, env)
         envs = {mode: env}
         if baseline_detect_mode:
-            params = write_params(work / f"params-{baseline_detect_mode}.yaml", settings, mode=baseline_detect_mode)
+            params = write_params(work / f"params-{baseline_detect_mode}.yaml", variants[baseline_detect_mode])
             envs[baseline_detect_mode] = {**env, "FACES_PARAMS": str(params),
                                           "BENTOML_HOME": str(work / "bentoml-baseline")}
         services: dict[str, tuple] = {}

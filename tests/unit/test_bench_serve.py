@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from components.bench.serve import compare, goals, write_params
+from components.bench import with_detect_mode, write_params
+from components.bench.serve import compare, goals
 from components.settings import load_settings
 
 
 def test_params_file_outside_the_project_gives_the_same_settings_but_the_detector(tmp_path):
     settings = load_settings()
-    path = write_params(tmp_path / "params.yaml", settings, mode="package")
+    path = write_params(tmp_path / "params.yaml", with_detect_mode(settings, "package"))
     again = load_settings(path)  # relative paths would resolve against tmp_path: they must be spelled out
-    assert again.detect.mode == "package"
-    assert again == dataclasses.replace(settings, detect=dataclasses.replace(settings.detect, mode="package"))
+    assert again.detect.mode == "package" and again.detect.min_face_size == 20  # the detector before, as it ran
+    assert again == with_detect_mode(settings, "package")
 
 
 def level(p50, errors=0, rps=5.0):
